@@ -1,0 +1,104 @@
+// genfast._core: thin pybind11 bindings for the CPU kernels. Shapes and dtypes are
+// checked here (std::invalid_argument -> ValueError); every kernel runs without the GIL.
+// Arrays must already have the exact dtype and be C-contiguous (noconvert): the Python
+// layer decides about copies, so none is ever made silently here.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <omp.h>
+
+#include <genfast/simd.hpp>
+
+#include <stdexcept>
+#include <string>
+
+#include "kmeans.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+template <class T> using carray = py::array_t<T, py::array::c_style>;
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument(what);
+}
+
+void require_shape(const py::array& a, const char* name, std::initializer_list<py::ssize_t> shape) {
+  std::string expected = "(";
+  for (auto d : shape) expected += std::to_string(d) + ",";
+  expected.back() = ')';
+  bool ok = a.ndim() == py::ssize_t(shape.size());
+  int i = 0;
+  for (auto d : shape) ok = ok && a.shape(i++) == d;
+  require(ok, std::string(name) + " must have shape " + expected);
+}
+
+template <class T>
+void kmeans_assign(const carray<T>& X, const carray<T>& C, carray<int64_t>& labels,
+                   carray<T>& sq_dist) {
+  require(X.ndim() == 3, "X must be 3-d (B, N, D)");
+  require(C.ndim() == 3, "C must be 3-d (B, K, D)");
+  genfast::kmeans::Shape s{X.shape(0), X.shape(1), C.shape(1), X.shape(2)};
+  require(C.shape(0) == s.B && C.shape(2) == s.D, "C must have shape (B, K, D) matching X");
+  require(s.K >= 1 && s.K <= INT32_MAX, "C must hold between 1 and 2**31-1 centres");
+  require_shape(labels, "labels", {s.B, s.N});
+  require_shape(sq_dist, "sq_dist", {s.B, s.N});
+  const T* x = X.data();
+  const T* c = C.data();
+  int64_t* l = labels.mutable_data();
+  T* d = sq_dist.mutable_data();
+  py::gil_scoped_release release;
+  genfast::kmeans::assign_labels<T>(s, x, c, l, d);
+}
+
+template <class T>
+void kmeans_update(const carray<T>& X, const carray<int64_t>& labels,
+                   const std::optional<carray<T>>& weights, carray<T>& sums, carray<T>& wsum) {
+  require(X.ndim() == 3, "X must be 3-d (B, N, D)");
+  genfast::kmeans::Shape s{X.shape(0), X.shape(1), sums.ndim() == 3 ? sums.shape(1) : 0,
+                           X.shape(2)};
+  require(sums.ndim() == 3 && s.K >= 1, "sums must be 3-d (B, K, D) with K >= 1");
+  require_shape(labels, "labels", {s.B, s.N});
+  require_shape(sums, "sums", {s.B, s.K, s.D});
+  require_shape(wsum, "wsum", {s.B, s.K});
+  if (weights) require_shape(*weights, "sample_weight", {s.B, s.N});
+  const T* x = X.data();
+  const int64_t* l = labels.data();
+  const T* w = weights ? weights->data() : nullptr;
+  T* out = sums.mutable_data();
+  T* ws = wsum.mutable_data();
+  py::gil_scoped_release release;
+  genfast::kmeans::update_centers<T>(s, x, l, w, out, ws);
+}
+
+template <class T> void bind_kmeans(py::module_& m) {
+  m.def("kmeans_assign", &kmeans_assign<T>, py::arg("X").noconvert(), py::arg("C").noconvert(),
+        py::arg("labels").noconvert(), py::arg("sq_dist").noconvert(),
+        "Nearest centre (lowest index on ties) and its squared distance; writes labels, sq_dist.");
+  m.def("kmeans_update", &kmeans_update<T>, py::arg("X").noconvert(),
+        py::arg("labels").noconvert(), py::arg("weights").noconvert(),
+        py::arg("sums").noconvert(), py::arg("wsum").noconvert(),
+        "Per-cluster weighted sums and total weights; writes sums, wsum.");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
+  m.doc() = "genfast CPU kernels (C++17, OpenMP)";
+  bind_kmeans<float>(m);
+  bind_kmeans<double>(m);
+  m.def("openmp_max_threads", [] { return omp_get_max_threads(); },
+        "Threads an OpenMP parallel region would use now.");
+  m.def("build_info", [] {
+    py::dict info;
+    info["version"] = GENFAST_VERSION;
+    info["compiler"] = GENFAST_CXX_ID;
+    info["flags"] = GENFAST_CXX_FLAGS;
+    info["simd"] = genfast::simd::kName;
+    info["vector_bytes"] = genfast::simd::kVectorBytes;
+    info["openmp"] = std::to_string(_OPENMP);
+    return info;
+  });
+}

@@ -1,0 +1,44 @@
+// genfast k-means: the per-element math shared by the CPU (cpp/kmeans.cpp) and CUDA
+// (cuda/kmeans.cu) kernels, so CPU tests exercise the same formulas the GPU runs.
+#pragma once
+
+#include <genfast/common.hpp>
+
+namespace genfast::kmeans {
+
+/// Ordering of candidate centres for the nearest-centre search: a smaller score wins, and
+/// equal scores break to the lower centre index (the same rule on every backend).
+template <class T>
+GENFAST_HD bool closer(T score, int64_t k, T best_score, int64_t best_k) {
+  return score < best_score || (score == best_score && k < best_k);
+}
+
+/// Score used to rank centres for one point: ||x-c||^2 - ||x||^2 = ||c||^2 - 2 x.c
+/// (the ||x||^2 term is the same for every centre, so the argmin never needs it).
+template <class T>
+GENFAST_HD T rank_score(T center_sq_norm, T dot) {
+  return center_sq_norm - 2 * dot;
+}
+
+/// Squared distance of the winning centre, summed directly as sum_d (x_d - c_d)^2 in the
+/// accumulation type. The expanded ||x||^2 - 2 x.c + ||c||^2 cancels catastrophically in
+/// float32 when x is near c and far from the origin; this costs O(D) per point, not O(KD).
+template <class T>
+GENFAST_HD T exact_sq_dist(const T* x, const T* c, int64_t D) {
+  accumulate_t<T> s = 0;
+  for (int64_t d = 0; d < D; ++d) {
+    const accumulate_t<T> diff = accumulate_t<T>(x[d]) - accumulate_t<T>(c[d]);
+    s += diff * diff;
+  }
+  return T(s);
+}
+
+/// ||c||^2 in the accumulation type, rounded once to T.
+template <class T>
+GENFAST_HD T sq_norm(const T* c, int64_t D) {
+  accumulate_t<T> s = 0;
+  for (int64_t d = 0; d < D; ++d) s += accumulate_t<T>(c[d]) * accumulate_t<T>(c[d]);
+  return T(s);
+}
+
+}  // namespace genfast::kmeans

@@ -1,0 +1,65 @@
+// genfast: portable SIMD vectors for the CPU kernels (not used by CUDA).
+//
+// GCC/Clang vector extensions: the compiler emits AVX-512, AVX2 or SSE/NEON code for the
+// target chosen at build time (-march=native by default, GENFAST_NATIVE=OFF for portable
+// builds), so one source serves every x86/Arm machine without hand-written intrinsics.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+namespace genfast::simd {
+
+#if defined(__AVX512F__)
+inline constexpr int kVectorBytes = 64;   ///< width of one vector register
+inline constexpr int kVectorRegisters = 32;
+inline constexpr const char* kName = "AVX-512";
+#elif defined(__AVX__)
+inline constexpr int kVectorBytes = 32;
+inline constexpr int kVectorRegisters = 16;
+inline constexpr const char* kName = "AVX2";
+#elif defined(__SSE2__)
+inline constexpr int kVectorBytes = 16;
+inline constexpr int kVectorRegisters = 16;
+inline constexpr const char* kName = "SSE2";
+#elif defined(__ARM_NEON)
+inline constexpr int kVectorBytes = 16;
+inline constexpr int kVectorRegisters = 32;
+inline constexpr const char* kName = "NEON";
+#else
+inline constexpr int kVectorBytes = 16;
+inline constexpr int kVectorRegisters = 16;
+inline constexpr const char* kName = "generic";
+#endif
+
+/// Same-width signed integer for T (the type of comparison masks on T vectors).
+template <class T> struct same_width_int;
+template <> struct same_width_int<float> { using type = int32_t; };
+template <> struct same_width_int<double> { using type = int64_t; };
+
+/// One register of T: kVectorBytes / sizeof(T) lanes.
+template <class T> struct vector {
+  static constexpr int lanes = kVectorBytes / int(sizeof(T));
+  typedef T type __attribute__((vector_size(kVectorBytes)));
+  typedef typename same_width_int<T>::type int_lane;
+  typedef int_lane mask __attribute__((vector_size(kVectorBytes)));
+};
+template <class T> using vec_t = typename vector<T>::type;
+template <class T> using mask_t = typename vector<T>::mask;
+
+/// Unaligned load / store (compiles to a single vector move).
+template <class V, class T> inline V load(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <class V, class T> inline void store(T* p, V v) { std::memcpy(p, &v, sizeof(V)); }
+
+/// Vector with every lane equal to s.
+template <class V, class S> inline V broadcast(S s) {
+  V v;
+  for (int i = 0; i < int(sizeof(V) / sizeof(v[0])); ++i) v[i] = s;
+  return v;
+}
+
+}  // namespace genfast::simd

@@ -1,0 +1,38 @@
+// genfast k-means CPU kernels (cpp/kmeans.cpp). All arrays are C-contiguous.
+#pragma once
+
+#include <cstdint>
+
+namespace genfast::kmeans {
+
+/// Shapes of one (possibly batched) k-means problem: B independent problems of N points
+/// and K centres in D dimensions.
+struct Shape {
+  int64_t B = 1;  ///< number of independent problems (leading batch dimension)
+  int64_t N = 0;  ///< points per problem
+  int64_t K = 0;  ///< centres (clusters) per problem
+  int64_t D = 0;  ///< features
+};
+
+/// Nearest centre of every point, with its squared distance.
+/// Ties break to the lowest centre index; results do not depend on the thread count.
+/// @param[in]  X       [B, N, D] points
+/// @param[in]  C       [B, K, D] centres
+/// @param[out] labels  [B, N] index of the nearest centre
+/// @param[out] sq_dist [B, N] squared Euclidean distance to that centre
+template <class T>
+void assign_labels(const Shape& s, const T* X, const T* C, int64_t* labels, T* sq_dist);
+
+/// Per-cluster weighted sums of the points and total weights, for the M-step.
+/// Deterministic: each cluster is summed in point order, in double, by one thread.
+/// Throws std::invalid_argument if a label is outside [0, K).
+/// @param[in]  X       [B, N, D] points
+/// @param[in]  labels  [B, N] cluster of each point, in [0, K)
+/// @param[in]  weights [B, N] sample weights, or nullptr for unit weights
+/// @param[out] sums    [B, K, D] sum of w_i x_i over the points of each cluster (0 if empty)
+/// @param[out] wsum    [B, K] sum of w_i over the points of each cluster
+template <class T>
+void update_centers(const Shape& s, const T* X, const int64_t* labels, const T* weights,
+                    T* sums, T* wsum);
+
+}  // namespace genfast::kmeans

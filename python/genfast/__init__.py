@@ -1,0 +1,15 @@
+"""genfast: fast, exact kernels for the fundamental generative models on CPU and CUDA.
+
+- ``genfast.KMeans``: scikit-learn compatible k-means (Lloyd) on CPU or CUDA.
+- ``genfast.ops``: functional kernels on numpy arrays and torch tensors.
+- ``genfast.reference``: the pure-numpy float64 oracle the kernels are tested against.
+- ``genfast.show_config()``: what was built and what this process can use.
+"""
+
+from . import ops, reference
+from ._config import config, show_config
+from ._kmeans import KMeans
+
+__version__ = config()["version"]
+
+__all__ = ["KMeans", "ops", "reference", "show_config", "config", "__version__"]
