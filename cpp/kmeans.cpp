@@ -26,9 +26,16 @@ template <class T> struct Tile {
 constexpr int64_t kChunkPoints = 256;
 /// Bytes of packed centres scanned per pass over a chunk (kept resident in L2).
 constexpr int64_t kBlockBytes = 192 * 1024;
+/// Points per block of the M-step sums; blocks are the fixed unit of summation order.
+constexpr int64_t kUpdateBlockPoints = 8192;
+/// Memory budget for the per-block partial sums of one wave, and the most blocks per wave.
+constexpr int64_t kUpdatePartialBytes = int64_t(32) << 20;
+constexpr int64_t kUpdateMaxWave = 64;
 
 /// Centres repacked into panels of Tile::width centres, laid out [d][width] so that the
-/// inner loop reads `cols` aligned vectors per feature; padding centres have norm +inf.
+/// inner loop reads `cols` aligned vectors per feature. Panels hold -2c (exact: a power of
+/// two) so that ||c||^2 + sum_d x_d (-2 c_d) is the rank score with no extra arithmetic;
+/// padding centres have norm +inf.
 template <class T> class PackedCenters {
  public:
   using V = simd::vec_t<T>;
@@ -48,7 +55,7 @@ template <class T> class PackedCenters {
       for (int j = 0; j < width; ++j) {
         const int64_t k = k0 + j;
         const T* c = C + (b * s.K + std::min(k, s.K - 1)) * D_;
-        for (int64_t d = 0; d < D_; ++d) panel[d * width + j] = k < s.K ? c[d] : T(0);
+        for (int64_t d = 0; d < D_; ++d) panel[d * width + j] = k < s.K ? T(-2) * c[d] : T(0);
         norm[j] = k < s.K ? sq_norm(c, D_) : std::numeric_limits<T>::infinity();
       }
     }
@@ -73,32 +80,45 @@ inline void score_panel(const T* const* x, const simd::vec_t<T>* panel,
   using M = simd::mask_t<T>;
   constexpr int R = Tile<T>::rows;
   constexpr int L = Tile<T>::lanes;
-  V acc0[R], acc1[R];
+  V score0[R], score1[R];
 #pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = V{};
-  // x.c for rows x width pairs: one broadcast of x[r][d] against two centre vectors.
+  for (int r = 0; r < R; ++r) {
+    score0[r] = norm[0];
+    score1[r] = norm[1];
+  }
+  // rank score ||c||^2 - 2 x.c, accumulated as ||c||^2 + sum_d x_d (-2 c_d): one broadcast
+  // of x[r][d] against two vectors of the packed panel per step.
   for (int64_t d = 0; d < D; ++d) {
     const V c0 = panel[2 * d], c1 = panel[2 * d + 1];
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const T xv = x[r][d];
-      acc0[r] += xv * c0;
-      acc1[r] += xv * c1;
+      score0[r] += xv * c0;
+      score1[r] += xv * c1;
     }
   }
   const M second_k = first_k + L;
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    const V s0 = rank_score(norm[0], acc0[r]);
-    const V s1 = rank_score(norm[1], acc1[r]);
     // Strict < : an equal score keeps the lower centre index (first vector, earlier panel).
-    const M take1 = s1 < s0;
-    const V s = take1 ? s1 : s0;
+    const M take1 = score1[r] < score0[r];
+    const V s = take1 ? score1[r] : score0[r];
     const M k = take1 ? second_k : first_k;
     const M better = s < best[r];
     best[r] = better ? s : best[r];
     best_k[r] = better ? k : best_k[r];
   }
+}
+
+/// Lowest k[l] over the lanes l where v[l] == v_min: the lanes' tie rule, vectorised.
+template <class T>
+inline typename simd::vector<T>::int_lane lowest_index_of_min(simd::vec_t<T> v,
+                                                              simd::mask_t<T> k, T v_min) {
+  using M = simd::mask_t<T>;
+  using Lane = typename simd::vector<T>::int_lane;
+  const M at_min = v == simd::broadcast<simd::vec_t<T>>(v_min);
+  const M idx = at_min ? k : simd::broadcast<M>(std::numeric_limits<Lane>::max());
+  return simd::all_lanes_min<M, M>(idx)[0];
 }
 
 }  // namespace
@@ -151,13 +171,13 @@ void assign_labels(const Shape& s, const T* X, const T* C, int64_t* labels, T* s
                            lane_index + Lane(p * W), best, best_k);
           // Fold the lanes of each row into the point's running best, lowest index on ties.
           for (int r = 0; r < R && r0 + r < n; ++r) {
-            T& bs = best_score[r0 + r];
-            int64_t& bk = best_label[r0 + r];
-            for (int l = 0; l < L; ++l) {
-              if (closer<T>(best[r][l], int64_t(best_k[r][l]), bs, bk)) {
-                bs = best[r][l];
-                bk = int64_t(best_k[r][l]);
-              }
+            const T score = simd::all_lanes_min<V, M>(best[r])[0];
+            const Lane k = lowest_index_of_min<T>(best[r], best_k[r], score);
+            // k is the Lane max only if no lane equals the minimum (NaN scores): keep the old best.
+            if (k != std::numeric_limits<Lane>::max() &&
+                closer<T>(score, int64_t(k), best_score[r0 + r], best_label[r0 + r])) {
+              best_score[r0 + r] = score;
+              best_label[r0 + r] = int64_t(k);
             }
           }
         }
@@ -174,45 +194,56 @@ void assign_labels(const Shape& s, const T* X, const T* C, int64_t* labels, T* s
 template <class T>
 void update_centers(const Shape& s, const T* X, const int64_t* labels, const T* weights,
                     T* sums, T* wsum) {
-  const int64_t BN = s.B * s.N;
-  int64_t bad = 0;
-#pragma omp parallel for reduction(+ : bad) schedule(static)
-  for (int64_t i = 0; i < BN; ++i) bad += (labels[i] < 0 || labels[i] >= s.K);
-  if (bad) throw std::invalid_argument("labels must lie in [0, n_clusters)");
+  using A = accumulate_t<T>;
+  // Row of per-cluster accumulators: K*D weighted sums, then K total weights.
+  const int64_t row = s.K * s.D + s.K;
+  const int64_t blocks_per_problem = (s.N + kUpdateBlockPoints - 1) / kUpdateBlockPoints;
+  const int64_t blocks = s.B * blocks_per_problem;
+  // Blocks accumulated concurrently per wave; the count depends only on the shapes, never
+  // on the thread count, so the summation order (and every bit of the result) is fixed.
+  const int64_t wave = std::clamp<int64_t>(kUpdatePartialBytes / (row * int64_t(sizeof(A))), 1,
+                                           kUpdateMaxWave);
+  std::vector<A> total(size_t(s.B * row), A(0));
+  std::vector<A> partial(size_t(std::min(wave, std::max<int64_t>(blocks, 1)) * row));
+  int64_t bad_labels = 0;
 
-  // Stable counting sort of each problem's points by label: every cluster is then summed
-  // in point order by one thread, so the result is the same for any thread count.
-  std::vector<int64_t> start(size_t(s.B * (s.K + 1)), 0);
-  std::vector<int64_t> order(static_cast<size_t>(BN));
+  for (int64_t first = 0; first < blocks; first += wave) {
+    const int64_t count = std::min(wave, blocks - first);
+    // Each block sums its points in order into its own partial row.
+#pragma omp parallel for schedule(dynamic) reduction(+ : bad_labels)
+    for (int64_t j = 0; j < count; ++j) {
+      const int64_t blk = first + j, b = blk / blocks_per_problem;
+      const int64_t i0 = (blk % blocks_per_problem) * kUpdateBlockPoints;
+      const int64_t i1 = std::min(s.N, i0 + kUpdateBlockPoints);
+      A* acc = &partial[size_t(j * row)];
+      A* acc_w = acc + s.K * s.D;
+      std::fill(acc, acc + row, A(0));
+      for (int64_t i = b * s.N + i0; i < b * s.N + i1; ++i) {
+        const int64_t k = labels[i];
+        if (k < 0 || k >= s.K) {  // never index out of bounds; reported below
+          ++bad_labels;
+          continue;
+        }
+        const A w = weights ? A(weights[i]) : A(1);
+        const T* x = X + i * s.D;
+        A* a = acc + k * s.D;
+        for (int64_t d = 0; d < s.D; ++d) a[d] += w * A(x[d]);
+        acc_w[k] += w;
+      }
+    }
+    // Fold the wave's partials into each problem's total in block order.
+#pragma omp parallel for schedule(static)
+    for (int64_t e = 0; e < row; ++e)
+      for (int64_t j = 0; j < count; ++j)
+        total[size_t(((first + j) / blocks_per_problem) * row + e)] += partial[size_t(j * row + e)];
+  }
+  if (bad_labels) throw std::invalid_argument("labels must lie in [0, n_clusters)");
+
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < s.B; ++b) {
-    const int64_t* lab = labels + b * s.N;
-    int64_t* st = &start[size_t(b * (s.K + 1))];
-    for (int64_t i = 0; i < s.N; ++i) ++st[lab[i] + 1];
-    for (int64_t k = 0; k < s.K; ++k) st[k + 1] += st[k];
-    std::vector<int64_t> next(st, st + s.K);
-    for (int64_t i = 0; i < s.N; ++i) order[size_t(b * s.N + next[size_t(lab[i])]++)] = i;
-  }
-
-#pragma omp parallel
-  {
-    std::vector<accumulate_t<T>> acc(size_t(s.D));
-#pragma omp for schedule(dynamic, 4)
-    for (int64_t bk = 0; bk < s.B * s.K; ++bk) {
-      const int64_t b = bk / s.K, k = bk % s.K;
-      const int64_t* st = &start[size_t(b * (s.K + 1))];
-      std::fill(acc.begin(), acc.end(), accumulate_t<T>(0));
-      accumulate_t<T> w_total = 0;
-      for (int64_t j = st[k]; j < st[k + 1]; ++j) {
-        const int64_t i = b * s.N + order[size_t(b * s.N + j)];
-        const accumulate_t<T> w = weights ? accumulate_t<T>(weights[i]) : accumulate_t<T>(1);
-        const T* x = X + i * s.D;
-        for (int64_t d = 0; d < s.D; ++d) acc[size_t(d)] += w * accumulate_t<T>(x[d]);
-        w_total += w;
-      }
-      for (int64_t d = 0; d < s.D; ++d) sums[bk * s.D + d] = T(acc[size_t(d)]);
-      wsum[bk] = T(w_total);
-    }
+    const A* t = &total[size_t(b * row)];
+    for (int64_t e = 0; e < s.K * s.D; ++e) sums[b * s.K * s.D + e] = T(t[e]);
+    for (int64_t k = 0; k < s.K; ++k) wsum[b * s.K + k] = T(t[s.K * s.D + k]);
   }
 }
 

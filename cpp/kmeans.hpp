@@ -24,7 +24,8 @@ template <class T>
 void assign_labels(const Shape& s, const T* X, const T* C, int64_t* labels, T* sq_dist);
 
 /// Per-cluster weighted sums of the points and total weights, for the M-step.
-/// Deterministic: each cluster is summed in point order, in double, by one thread.
+/// Sums are accumulated in double over fixed blocks of points, and the blocks combined in a
+/// fixed order: the result is bitwise the same for any thread count.
 /// Throws std::invalid_argument if a label is outside [0, K).
 /// @param[in]  X       [B, N, D] points
 /// @param[in]  labels  [B, N] cluster of each point, in [0, K)

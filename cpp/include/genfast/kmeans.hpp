@@ -23,14 +23,28 @@ GENFAST_HD T rank_score(T center_sq_norm, T dot) {
 /// Squared distance of the winning centre, summed directly as sum_d (x_d - c_d)^2 in the
 /// accumulation type. The expanded ||x||^2 - 2 x.c + ||c||^2 cancels catastrophically in
 /// float32 when x is near c and far from the origin; this costs O(D) per point, not O(KD).
+/// Eight interleaved partial sums (d mod 8) keep the CPU loop vectorisable and give the
+/// same rounding on every backend.
 template <class T>
 GENFAST_HD T exact_sq_dist(const T* x, const T* c, int64_t D) {
-  accumulate_t<T> s = 0;
-  for (int64_t d = 0; d < D; ++d) {
-    const accumulate_t<T> diff = accumulate_t<T>(x[d]) - accumulate_t<T>(c[d]);
-    s += diff * diff;
+  using A = accumulate_t<T>;
+  constexpr int kParts = 8;
+  A part[kParts] = {};
+  int64_t d = 0;
+  for (; d + kParts <= D; d += kParts) {
+    for (int j = 0; j < kParts; ++j) {
+      const A diff = A(x[d + j]) - A(c[d + j]);
+      part[j] += diff * diff;
+    }
   }
-  return T(s);
+  for (int j = 0; d + j < D; ++j) {
+    const A diff = A(x[d + j]) - A(c[d + j]);
+    part[j] += diff * diff;
+  }
+  // Pairwise combination of the partial sums, in a fixed order.
+  for (int width = kParts / 2; width >= 1; width /= 2)
+    for (int j = 0; j < width; ++j) part[j] += part[j + width];
+  return T(part[0]);
 }
 
 /// ||c||^2 in the accumulation type, rounded once to T.

@@ -62,4 +62,24 @@ template <class V, class S> inline V broadcast(S s) {
   return v;
 }
 
+/// Lanes of a vector type.
+template <class V> inline constexpr int lanes_of = int(sizeof(V) / sizeof(V{}[0]));
+
+/// Vector whose lane l is v[(l + Shift) mod lanes]; M is the same-width integer vector.
+template <int Shift, class V, class M> inline V rotate_lanes(V v) {
+  M idx;
+  for (int l = 0; l < lanes_of<V>; ++l) idx[l] = (l + Shift) % lanes_of<V>;
+  return __builtin_shuffle(v, idx);
+}
+
+/// Minimum over the lanes, in every lane: log2(lanes) rotate-and-min steps.
+template <class V, class M, int Shift = lanes_of<V> / 2> inline V all_lanes_min(V v) {
+  if constexpr (Shift >= 1) {
+    const V other = rotate_lanes<Shift, V, M>(v);
+    return all_lanes_min<V, M, Shift / 2>(other < v ? other : v);
+  } else {
+    return v;
+  }
+}
+
 }  // namespace genfast::simd
