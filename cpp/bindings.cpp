@@ -73,6 +73,31 @@ void kmeans_update(const carray<T>& X, const carray<int64_t>& labels,
   genfast::kmeans::update_centers<T>(s, x, l, w, out, ws);
 }
 
+template <class T>
+void kmeans_lloyd_step(const carray<T>& X, const carray<T>& C,
+                       const std::optional<carray<T>>& weights, carray<int64_t>& labels,
+                       carray<T>& sq_dist, carray<T>& sums, carray<T>& wsum) {
+  require(X.ndim() == 3, "X must be 3-d (B, N, D)");
+  require(C.ndim() == 3, "C must be 3-d (B, K, D)");
+  genfast::kmeans::Shape s{X.shape(0), X.shape(1), C.shape(1), X.shape(2)};
+  require(C.shape(0) == s.B && C.shape(2) == s.D, "C must have shape (B, K, D) matching X");
+  require(s.K >= 1 && s.K <= INT32_MAX, "C must hold between 1 and 2**31-1 centres");
+  require_shape(labels, "labels", {s.B, s.N});
+  require_shape(sq_dist, "sq_dist", {s.B, s.N});
+  require_shape(sums, "sums", {s.B, s.K, s.D});
+  require_shape(wsum, "wsum", {s.B, s.K});
+  if (weights) require_shape(*weights, "sample_weight", {s.B, s.N});
+  const T* x = X.data();
+  const T* c = C.data();
+  const T* w = weights ? weights->data() : nullptr;
+  int64_t* l = labels.mutable_data();
+  T* d = sq_dist.mutable_data();
+  T* out = sums.mutable_data();
+  T* ws = wsum.mutable_data();
+  py::gil_scoped_release release;
+  genfast::kmeans::lloyd_step<T>(s, x, c, w, l, d, out, ws);
+}
+
 template <class T> void bind_kmeans(py::module_& m) {
   m.def("kmeans_assign", &kmeans_assign<T>, py::arg("X").noconvert(), py::arg("C").noconvert(),
         py::arg("labels").noconvert(), py::arg("sq_dist").noconvert(),
@@ -81,6 +106,10 @@ template <class T> void bind_kmeans(py::module_& m) {
         py::arg("labels").noconvert(), py::arg("weights").noconvert(),
         py::arg("sums").noconvert(), py::arg("wsum").noconvert(),
         "Per-cluster weighted sums and total weights; writes sums, wsum.");
+  m.def("kmeans_lloyd_step", &kmeans_lloyd_step<T>, py::arg("X").noconvert(),
+        py::arg("C").noconvert(), py::arg("weights").noconvert(), py::arg("labels").noconvert(),
+        py::arg("sq_dist").noconvert(), py::arg("sums").noconvert(), py::arg("wsum").noconvert(),
+        "kmeans_assign then kmeans_update of that assignment in one pass over X.");
 }
 
 }  // namespace

@@ -121,86 +121,86 @@ inline typename simd::vector<T>::int_lane lowest_index_of_min(simd::vec_t<T> v,
   return simd::all_lanes_min<M, M>(idx)[0];
 }
 
-}  // namespace
+/// Nearest-centre search against one packed copy of the centres.
+template <class T> class NearestCenters {
+ public:
+  NearestCenters(const Shape& s, const T* C) : s_(s), C_(C), packed_(s, C) {
+    panels_per_block_ = std::max<int64_t>(
+        1, kBlockBytes / std::max<int64_t>(1, s.D * Tile<T>::width * int64_t(sizeof(T))));
+  }
 
-template <class T>
-void assign_labels(const Shape& s, const T* X, const T* C, int64_t* labels, T* sq_dist) {
-  using V = simd::vec_t<T>;
-  using M = simd::mask_t<T>;
-  using Lane = typename simd::vector<T>::int_lane;
-  constexpr int R = Tile<T>::rows;
-  constexpr int L = Tile<T>::lanes;
-  constexpr int W = Tile<T>::width;
-  if (s.B == 0 || s.N == 0) return;
-  if (s.K < 1) throw std::invalid_argument("assign_labels: need at least one centre");
+  /// Labels and squared distances of points [i0, i0 + n) of problem b, n <= kChunkPoints.
+  void assign_chunk(const T* X, int64_t b, int64_t i0, int64_t n, int64_t* labels,
+                    T* sq_dist) const {
+    using V = simd::vec_t<T>;
+    using M = simd::mask_t<T>;
+    using Lane = typename simd::vector<T>::int_lane;
+    constexpr int R = Tile<T>::rows;
+    constexpr int L = Tile<T>::lanes;
+    constexpr int W = Tile<T>::width;
+    const T inf = std::numeric_limits<T>::infinity();
+    const T* Xc = X + (b * s_.N + i0) * s_.D;
+    T best_score[kChunkPoints];
+    int64_t best_label[kChunkPoints];
+    std::fill(best_score, best_score + n, inf);
+    std::fill(best_label, best_label + n, int64_t(0));
+    M lane_index;
+    for (int l = 0; l < L; ++l) lane_index[l] = Lane(l);
 
-  const PackedCenters<T> packed(s, C);
-  const int64_t panels = packed.panels();
-  const int64_t panels_per_block =
-      std::max<int64_t>(1, kBlockBytes / std::max<int64_t>(1, s.D * W * int64_t(sizeof(T))));
-  const int64_t chunks = (s.N + kChunkPoints - 1) / kChunkPoints;
-  const T inf = std::numeric_limits<T>::infinity();
-  M lane_index;
-  for (int l = 0; l < L; ++l) lane_index[l] = Lane(l);
-
-#pragma omp parallel
-  {
-    std::vector<T> best_score(kChunkPoints);
-    std::vector<int64_t> best_label(kChunkPoints);
-#pragma omp for schedule(dynamic)
-    for (int64_t task = 0; task < s.B * chunks; ++task) {
-      const int64_t b = task / chunks, i0 = (task % chunks) * kChunkPoints;
-      const int64_t n = std::min(kChunkPoints, s.N - i0);
-      const T* Xc = X + (b * s.N + i0) * s.D;
-      std::fill(best_score.begin(), best_score.begin() + n, inf);
-      std::fill(best_label.begin(), best_label.begin() + n, int64_t(0));
-      for (int64_t p0 = 0; p0 < panels; p0 += panels_per_block) {
-        const int64_t p1 = std::min(panels, p0 + panels_per_block);
-        for (int64_t r0 = 0; r0 < n; r0 += R) {
-          // A short last tile repeats its last point; the extra rows are discarded.
-          const T* x[R];
-          for (int r = 0; r < R; ++r) x[r] = Xc + std::min(r0 + r, n - 1) * s.D;
-          V best[R];
-          M best_k[R];
-          for (int r = 0; r < R; ++r) {
-            best[r] = simd::broadcast<V>(inf);
-            best_k[r] = M{};
-          }
-          for (int64_t p = p0; p < p1; ++p)
-            score_panel<T>(x, packed.panel(b, p), packed.norm(b, p), s.D,
-                           lane_index + Lane(p * W), best, best_k);
-          // Fold the lanes of each row into the point's running best, lowest index on ties.
-          for (int r = 0; r < R && r0 + r < n; ++r) {
-            const T score = simd::all_lanes_min<V, M>(best[r])[0];
-            const Lane k = lowest_index_of_min<T>(best[r], best_k[r], score);
-            // k is the Lane max only if no lane equals the minimum (NaN scores): keep the old best.
-            if (k != std::numeric_limits<Lane>::max() &&
-                closer<T>(score, int64_t(k), best_score[r0 + r], best_label[r0 + r])) {
-              best_score[r0 + r] = score;
-              best_label[r0 + r] = int64_t(k);
-            }
+    for (int64_t p0 = 0; p0 < packed_.panels(); p0 += panels_per_block_) {
+      const int64_t p1 = std::min(packed_.panels(), p0 + panels_per_block_);
+      for (int64_t r0 = 0; r0 < n; r0 += R) {
+        // A short last tile repeats its last point; the extra rows are discarded.
+        const T* x[R];
+        for (int r = 0; r < R; ++r) x[r] = Xc + std::min(r0 + r, n - 1) * s_.D;
+        V best[R];
+        M best_k[R];
+        for (int r = 0; r < R; ++r) {
+          best[r] = simd::broadcast<V>(inf);
+          best_k[r] = M{};
+        }
+        for (int64_t p = p0; p < p1; ++p)
+          score_panel<T>(x, packed_.panel(b, p), packed_.norm(b, p), s_.D,
+                         lane_index + Lane(p * W), best, best_k);
+        // Fold the lanes of each row into the point's running best, lowest index on ties.
+        for (int r = 0; r < R && r0 + r < n; ++r) {
+          const T score = simd::all_lanes_min<V, M>(best[r])[0];
+          const Lane k = lowest_index_of_min<T>(best[r], best_k[r], score);
+          // k is the Lane max only if no lane equals the minimum (NaN scores): keep the old best.
+          if (k != std::numeric_limits<Lane>::max() &&
+              closer<T>(score, int64_t(k), best_score[r0 + r], best_label[r0 + r])) {
+            best_score[r0 + r] = score;
+            best_label[r0 + r] = int64_t(k);
           }
         }
       }
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t k = best_label[i];
-        labels[b * s.N + i0 + i] = k;
-        sq_dist[b * s.N + i0 + i] = exact_sq_dist(Xc + i * s.D, C + (b * s.K + k) * s.D, s.D);
-      }
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t k = best_label[i];
+      labels[b * s_.N + i0 + i] = k;
+      sq_dist[b * s_.N + i0 + i] = exact_sq_dist(Xc + i * s_.D, C_ + (b * s_.K + k) * s_.D, s_.D);
     }
   }
-}
 
-template <class T>
-void update_centers(const Shape& s, const T* X, const int64_t* labels, const T* weights,
-                    T* sums, T* wsum) {
+ private:
+  Shape s_;
+  const T* C_;
+  PackedCenters<T> packed_;
+  int64_t panels_per_block_;
+};
+
+/// Per-cluster sums over fixed blocks of kUpdateBlockPoints points: fill(block, i_begin,
+/// i_end, partial) accumulates one block into a zeroed partial row (K*D weighted sums, then
+/// K weights) and returns how many labels it skipped as out of range. Blocks run in waves
+/// whose size depends only on the shapes, and partials are folded into each problem's total
+/// in block order, so every bit of sums/wsum is independent of the thread count.
+/// Throws std::invalid_argument if any label was out of range.
+template <class T, class Fill>
+void reduce_blocks(const Shape& s, T* sums, T* wsum, Fill fill) {
   using A = accumulate_t<T>;
-  // Row of per-cluster accumulators: K*D weighted sums, then K total weights.
   const int64_t row = s.K * s.D + s.K;
   const int64_t blocks_per_problem = (s.N + kUpdateBlockPoints - 1) / kUpdateBlockPoints;
   const int64_t blocks = s.B * blocks_per_problem;
-  // Blocks accumulated concurrently per wave; the count depends only on the shapes, never
-  // on the thread count, so the summation order (and every bit of the result) is fixed.
   const int64_t wave = std::clamp<int64_t>(kUpdatePartialBytes / (row * int64_t(sizeof(A))), 1,
                                            kUpdateMaxWave);
   std::vector<A> total(size_t(s.B * row), A(0));
@@ -209,29 +209,14 @@ void update_centers(const Shape& s, const T* X, const int64_t* labels, const T* 
 
   for (int64_t first = 0; first < blocks; first += wave) {
     const int64_t count = std::min(wave, blocks - first);
-    // Each block sums its points in order into its own partial row.
 #pragma omp parallel for schedule(dynamic) reduction(+ : bad_labels)
     for (int64_t j = 0; j < count; ++j) {
       const int64_t blk = first + j, b = blk / blocks_per_problem;
       const int64_t i0 = (blk % blocks_per_problem) * kUpdateBlockPoints;
-      const int64_t i1 = std::min(s.N, i0 + kUpdateBlockPoints);
       A* acc = &partial[size_t(j * row)];
-      A* acc_w = acc + s.K * s.D;
       std::fill(acc, acc + row, A(0));
-      for (int64_t i = b * s.N + i0; i < b * s.N + i1; ++i) {
-        const int64_t k = labels[i];
-        if (k < 0 || k >= s.K) {  // never index out of bounds; reported below
-          ++bad_labels;
-          continue;
-        }
-        const A w = weights ? A(weights[i]) : A(1);
-        const T* x = X + i * s.D;
-        A* a = acc + k * s.D;
-        for (int64_t d = 0; d < s.D; ++d) a[d] += w * A(x[d]);
-        acc_w[k] += w;
-      }
+      bad_labels += fill(b, i0, std::min(s.N, i0 + kUpdateBlockPoints), acc);
     }
-    // Fold the wave's partials into each problem's total in block order.
 #pragma omp parallel for schedule(static)
     for (int64_t e = 0; e < row; ++e)
       for (int64_t j = 0; j < count; ++j)
@@ -247,11 +232,71 @@ void update_centers(const Shape& s, const T* X, const int64_t* labels, const T* 
   }
 }
 
-template void assign_labels<float>(const Shape&, const float*, const float*, int64_t*, float*);
-template void assign_labels<double>(const Shape&, const double*, const double*, int64_t*, double*);
-template void update_centers<float>(const Shape&, const float*, const int64_t*, const float*,
-                                    float*, float*);
-template void update_centers<double>(const Shape&, const double*, const int64_t*,
-                                     const double*, double*, double*);
+/// Adds w_i x_i and w_i of points [i0, i1) of problem b to their clusters' rows of acc;
+/// returns the number of points skipped because their label is outside [0, K).
+template <class T>
+int64_t accumulate_points(const Shape& s, const T* X, const int64_t* labels, const T* weights,
+                          int64_t b, int64_t i0, int64_t i1, accumulate_t<T>* acc) {
+  using A = accumulate_t<T>;
+  A* acc_w = acc + s.K * s.D;
+  int64_t skipped = 0;
+  for (int64_t i = b * s.N + i0; i < b * s.N + i1; ++i) {
+    const int64_t k = labels[i];
+    if (k < 0 || k >= s.K) {  // never index out of bounds
+      ++skipped;
+      continue;
+    }
+    const A w = weights ? A(weights[i]) : A(1);
+    const T* x = X + i * s.D;
+    A* a = acc + k * s.D;
+    for (int64_t d = 0; d < s.D; ++d) a[d] += w * A(x[d]);
+    acc_w[k] += w;
+  }
+  return skipped;
+}
+
+}  // namespace
+
+template <class T>
+void assign_labels(const Shape& s, const T* X, const T* C, int64_t* labels, T* sq_dist) {
+  if (s.B == 0 || s.N == 0) return;
+  if (s.K < 1) throw std::invalid_argument("assign_labels: need at least one centre");
+  const NearestCenters<T> nearest(s, C);
+  const int64_t chunks = (s.N + kChunkPoints - 1) / kChunkPoints;
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t task = 0; task < s.B * chunks; ++task) {
+    const int64_t b = task / chunks, i0 = (task % chunks) * kChunkPoints;
+    nearest.assign_chunk(X, b, i0, std::min(kChunkPoints, s.N - i0), labels, sq_dist);
+  }
+}
+
+template <class T>
+void update_centers(const Shape& s, const T* X, const int64_t* labels, const T* weights,
+                    T* sums, T* wsum) {
+  reduce_blocks<T>(s, sums, wsum, [&](int64_t b, int64_t i0, int64_t i1, accumulate_t<T>* acc) {
+    return accumulate_points(s, X, labels, weights, b, i0, i1, acc);
+  });
+}
+
+template <class T>
+void lloyd_step(const Shape& s, const T* X, const T* C, const T* weights, int64_t* labels,
+                T* sq_dist, T* sums, T* wsum) {
+  if (s.K < 1) throw std::invalid_argument("lloyd_step: need at least one centre");
+  const NearestCenters<T> nearest(s, C);
+  reduce_blocks<T>(s, sums, wsum, [&](int64_t b, int64_t i0, int64_t i1, accumulate_t<T>* acc) {
+    // Assign the block chunk by chunk, then sum it while it is still in cache.
+    for (int64_t c0 = i0; c0 < i1; c0 += kChunkPoints)
+      nearest.assign_chunk(X, b, c0, std::min(kChunkPoints, i1 - c0), labels, sq_dist);
+    return accumulate_points(s, X, labels, weights, b, i0, i1, acc);
+  });
+}
+
+#define GENFAST_INSTANTIATE(T)                                                                \
+  template void assign_labels<T>(const Shape&, const T*, const T*, int64_t*, T*);            \
+  template void update_centers<T>(const Shape&, const T*, const int64_t*, const T*, T*, T*); \
+  template void lloyd_step<T>(const Shape&, const T*, const T*, const T*, int64_t*, T*, T*, T*);
+GENFAST_INSTANTIATE(float)
+GENFAST_INSTANTIATE(double)
+#undef GENFAST_INSTANTIATE
 
 }  // namespace genfast::kmeans

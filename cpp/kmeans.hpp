@@ -36,4 +36,15 @@ template <class T>
 void update_centers(const Shape& s, const T* X, const int64_t* labels, const T* weights,
                     T* sums, T* wsum);
 
+/// One Lloyd iteration's heavy work in a single pass over X: assign_labels, then the
+/// update_centers sums of that assignment, block by block while the block is in cache.
+/// Same outputs (bitwise) as the two calls in sequence.
+/// @param[in]  X       [B, N, D] points
+/// @param[in]  C       [B, K, D] centres
+/// @param[in]  weights [B, N] sample weights, or nullptr for unit weights
+/// @param[out] labels  [B, N], sq_dist [B, N], sums [B, K, D], wsum [B, K]
+template <class T>
+void lloyd_step(const Shape& s, const T* X, const T* C, const T* weights, int64_t* labels,
+                T* sq_dist, T* sums, T* wsum);
+
 }  // namespace genfast::kmeans

@@ -28,8 +28,6 @@ __all__ = ["KMeans"]
 class _HostArrays:
     """Array operations of the Lloyd loop on numpy (data on the CPU)."""
 
-    name = "cpu"
-
     def asarray(self, a):
         return a
 
@@ -79,8 +77,6 @@ class _HostArrays:
 
 class _TorchCudaArrays(_HostArrays):
     """The same operations on torch CUDA tensors (data stays on the GPU)."""
-
-    name = "cuda"
 
     def __init__(self, device):
         import torch
@@ -372,12 +368,11 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
 
     def _lloyd(self, arrays, Xw, sw, centers, tol):
         """One k-means run from `centers` (host array); returns (labels, inertia, centres, n_iter)."""
-        K = self.n_clusters
         labels_old = None
         strict_convergence = False
         for i in range(self.max_iter):
-            labels, sq_dist = ops.kmeans_assign(Xw, arrays.asarray(centers), check_finite=False)
-            sums, weights = ops.kmeans_update(Xw, labels, K, sw, return_means=False, check_finite=False)
+            labels, sq_dist, sums, weights = ops.kmeans_lloyd_step(
+                Xw, arrays.asarray(centers), sw, return_means=False, check_finite=False)
             sums = arrays.to_host(sums).astype(np.float64)
             weights = arrays.to_host(weights).astype(np.float64)
             self._relocate_empty_clusters(arrays, Xw, sw, labels, sq_dist, sums, weights)

@@ -12,18 +12,92 @@ import numpy as np
 
 from . import _backend as be
 
-__all__ = ["kmeans_assign", "kmeans_update"]
+__all__ = ["kmeans_assign", "kmeans_update", "kmeans_lloyd_step"]
 
 
-def _as_batched(name: str, x, what: str):
-    """View a 2-d (N, D) or 3-d (B, N, D) input as 3-d; return (view, was_batched)."""
-    if x.ndim == 2:
-        return x[None], False
-    if x.ndim == 3:
-        return x, True
-    raise ValueError(f"{name} must be 2-d {what} or 3-d (B, {what[1:]}, got {x.ndim}-d with shape {tuple(x.shape)}")
+# ----------------------------------------------------------------------------- validation
+def _points(X, check_finite):
+    """(placement, X as 3-d (B, N, D), whether X was batched)."""
+    place = be.placement_of("X", X)
+    X = be.as_float("X", X, check_finite=check_finite)
+    if X.ndim not in (2, 3):
+        raise ValueError(f"X must be 2-d (N, D) or 3-d (B, N, D), got {X.ndim}-d with shape {tuple(X.shape)}")
+    if X.shape[-1] < 1:
+        raise ValueError("X must have at least one feature (D >= 1)")
+    return place, (X if X.ndim == 3 else X[None]), X.ndim == 3
 
 
+def _centers(C, place, X3, batched, check_finite):
+    """C as 3-d (B, K, D), with X's dtype, checked against X."""
+    be.same_placement("X", place, "C", C)
+    C = be.as_float("C", C, dtype=be.dtype_name(X3), check_finite=check_finite)
+    if C.ndim != 2 + batched:
+        raise ValueError(f"C must be {2 + batched}-d like X, got shape {tuple(C.shape)}")
+    C3 = C if batched else C[None]
+    B, _, D = X3.shape
+    if C3.shape[0] != B:
+        raise ValueError(f"C has batch size {C3.shape[0]} but X has batch size {B}")
+    if C3.shape[2] != D:
+        raise ValueError(f"C has {C3.shape[2]} features but X has {D}; they must match")
+    if C3.shape[1] < 1:
+        raise ValueError("C must hold at least one centre (K >= 1)")
+    return C3
+
+
+def _labels(labels, place, X3, batched, n_clusters):
+    """labels as int64 (B, N), checked to lie in [0, n_clusters)."""
+    be.same_placement("X", place, "labels", labels)
+    labels = be.as_labels("labels", labels)
+    B, N, _ = X3.shape
+    expected = (B, N) if batched else (N,)
+    if tuple(labels.shape) != expected:
+        raise ValueError(f"labels must have shape {expected} to match X, got {tuple(labels.shape)}")
+    if N > 0:
+        lo, hi = int(labels.min()), int(labels.max())  # one device sync for CUDA tensors
+        if lo < 0 or hi >= n_clusters:
+            raise ValueError(f"labels must lie in [0, n_clusters={n_clusters}), found values in [{lo}, {hi}]")
+    return labels.reshape(B, N)
+
+
+def _weights(sample_weight, place, X3, batched):
+    """sample_weight as (B, N) with X's dtype (a (N,) vector is shared by every problem)."""
+    if sample_weight is None:
+        return None
+    be.same_placement("X", place, "sample_weight", sample_weight)
+    w = be.as_float("sample_weight", sample_weight, dtype=be.dtype_name(X3), check_finite=True)
+    B, N, _ = X3.shape
+    if tuple(w.shape) not in ((N,), (B, N)):
+        raise ValueError(f"sample_weight must have shape {(N,)}" + (f" or {(B, N)}" if batched else "")
+                         + f" to match X, got {tuple(w.shape)}")
+    if bool((w < 0).any()):
+        raise ValueError("sample_weight must be non-negative")
+    if be.is_torch(w):
+        return w.reshape(-1, N).expand(B, N).contiguous()
+    return np.ascontiguousarray(np.broadcast_to(w.reshape(-1, N), (B, N)))
+
+
+def _n_clusters(n_clusters):
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)):
+        raise TypeError(f"n_clusters must be an int, got {type(n_clusters).__name__}")
+    if n_clusters < 1:
+        raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
+    return int(n_clusters)
+
+
+def _means(sums, wsum):
+    """sums / wsum per cluster; a cluster with zero weight keeps a row of zeros."""
+    denom = wsum[..., None]
+    if be.is_torch(sums):
+        torch = be._torch()
+        return torch.where(denom > 0, sums / torch.where(denom > 0, denom, 1), torch.zeros_like(sums))
+    return np.where(denom > 0, sums / np.where(denom > 0, denom, 1), 0).astype(sums.dtype, copy=False)
+
+
+def _unbatch(batched, *arrays):
+    return arrays if batched else tuple(a[0] for a in arrays)
+
+
+# ----------------------------------------------------------------------------- ops
 def kmeans_assign(X, C, *, check_finite: bool = True):
     """Nearest centre of every point and the squared distance to it.
 
@@ -47,41 +121,20 @@ def kmeans_assign(X, C, *, check_finite: bool = True):
     The N x K distance matrix is never formed: distances are computed in register tiles and
     reduced to the argmin on the fly.
     """
-    place = be.placement_of("X", X)
-    be.same_placement("X", place, "C", C)
-    X = be.as_float("X", X, check_finite=check_finite)
-    C = be.as_float("C", C, dtype=be.dtype_name(X), check_finite=check_finite)
-    X3, batched = _as_batched("X", X, "(N, D)")
-    if C.ndim != X.ndim:
-        raise ValueError(
-            f"C must have the same number of dimensions as X ({X.ndim}-d), got shape {tuple(C.shape)}"
-        )
-    C3 = C[None] if not batched else C
-    B, N, D = X3.shape
-    if C3.shape[0] != B:
-        raise ValueError(f"C has batch size {C3.shape[0]} but X has batch size {B}")
-    if C3.shape[2] != D:
-        raise ValueError(f"C has {C3.shape[2]} features but X has {D}; they must match")
-    if D < 1:
-        raise ValueError("X must have at least one feature (D >= 1)")
-    K = C3.shape[1]
-    if K < 1:
-        raise ValueError("C must hold at least one centre (K >= 1)")
-
-    dtype = be.dtype_name(X3)
+    place, X3, batched = _points(X, check_finite)
+    C3 = _centers(C, place, X3, batched, check_finite)
+    (B, N, D), K = X3.shape, C3.shape[1]
     labels = be.empty(place, (B, N), "int64")
-    sq_dist = be.empty(place, (B, N), dtype)
+    sq_dist = be.empty(place, (B, N), be.dtype_name(X3))
     if place.cuda:
         cuda = be.require_cuda()
         device, stream = be.cuda_launch_args(X3)
         cuda.kmeans_assign(X3.data_ptr(), C3.data_ptr(), labels.data_ptr(), sq_dist.data_ptr(),
-                           B, N, K, D, dtype, device, stream)
+                           B, N, K, D, be.dtype_name(X3), device, stream)
     else:
         be._core.kmeans_assign(be.host_view(X3), be.host_view(C3), be.host_view(labels),
                                be.host_view(sq_dist))
-    if not batched:
-        return labels[0], sq_dist[0]
-    return labels, sq_dist
+    return _unbatch(batched, labels, sq_dist)
 
 
 def kmeans_update(X, labels, n_clusters: int, sample_weight=None, *, return_means: bool = True,
@@ -94,7 +147,7 @@ def kmeans_update(X, labels, n_clusters: int, sample_weight=None, *, return_mean
     labels : integer array or tensor, shape (N,) or (B, N), values in [0, n_clusters)
     n_clusters : int >= 1
     sample_weight : array or tensor, shape (N,) or (B, N), optional
-        Non-negative weights (default: all ones).
+        Non-negative weights (default: all ones); a (N,) vector applies to every problem.
     return_means : bool, default True
         Return weighted means; a cluster with zero total weight gets a row of zeros (test
         ``weights == 0`` to find such clusters). False returns the weighted sums instead.
@@ -104,75 +157,60 @@ def kmeans_update(X, labels, n_clusters: int, sample_weight=None, *, return_mean
     centers_or_sums : X's dtype, shape (K, D) or (B, K, D)
     weights : X's dtype, shape (K,) or (B, K)
 
-    Sums are accumulated in float64 in point order per cluster, so the result does not
-    depend on the number of threads.
+    Sums are accumulated in float64 over fixed blocks of points combined in a fixed order,
+    so the result does not depend on the number of threads.
     """
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)):
-        raise TypeError(f"n_clusters must be an int, got {type(n_clusters).__name__}")
-    if n_clusters < 1:
-        raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
-    place = be.placement_of("X", X)
-    be.same_placement("X", place, "labels", labels)
-    X = be.as_float("X", X, check_finite=check_finite)
-    X3, batched = _as_batched("X", X, "(N, D)")
-    B, N, D = X3.shape
-    labels = be.as_labels("labels", labels)
-    expected = (B, N) if batched else (N,)
-    if tuple(labels.shape) != expected:
-        raise ValueError(f"labels must have shape {expected} to match X, got {tuple(labels.shape)}")
-    labels3 = labels.reshape(B, N)
-    _check_label_range(labels3, n_clusters)
-
-    dtype = be.dtype_name(X3)
-    weights3 = None
-    if sample_weight is not None:
-        be.same_placement("X", place, "sample_weight", sample_weight)
-        w = be.as_float("sample_weight", sample_weight, dtype=dtype, check_finite=True)
-        if tuple(w.shape) not in ((N,), (B, N)):
-            raise ValueError(
-                f"sample_weight must have shape {(N,)}" + (f" or {(B, N)}" if batched else "")
-                + f" to match X, got {tuple(w.shape)}"
-            )
-        if bool((w < 0).any()):
-            raise ValueError("sample_weight must be non-negative")
-        weights3 = w.reshape(-1, N).expand(B, N) if be.is_torch(w) else np.broadcast_to(w.reshape(-1, N), (B, N))
-        weights3 = weights3.contiguous() if be.is_torch(w) else np.ascontiguousarray(weights3)
-
-    sums = be.empty(place, (B, n_clusters, D), dtype)
-    wsum = be.empty(place, (B, n_clusters), dtype)
+    K = _n_clusters(n_clusters)
+    place, X3, batched = _points(X, check_finite)
+    labels3 = _labels(labels, place, X3, batched, K)
+    weights3 = _weights(sample_weight, place, X3, batched)
+    (B, N, D), dtype = X3.shape, be.dtype_name(X3)
+    sums = be.empty(place, (B, K, D), dtype)
+    wsum = be.empty(place, (B, K), dtype)
     if place.cuda:
         cuda = be.require_cuda()
         device, stream = be.cuda_launch_args(X3)
         torch = be._torch()
-        workspace = torch.empty(cuda.kmeans_update_workspace_bytes(B, N, n_clusters),
-                                dtype=torch.uint8, device=X3.device)
+        workspace = torch.empty(cuda.kmeans_update_workspace_bytes(B, N, K), dtype=torch.uint8,
+                                device=X3.device)
         cuda.kmeans_update(X3.data_ptr(), labels3.data_ptr(),
                            0 if weights3 is None else weights3.data_ptr(),
                            sums.data_ptr(), wsum.data_ptr(), workspace.data_ptr(), workspace.numel(),
-                           B, N, n_clusters, D, dtype, device, stream)
+                           B, N, K, D, dtype, device, stream)
     else:
         be._core.kmeans_update(be.host_view(X3), be.host_view(labels3),
                                None if weights3 is None else be.host_view(weights3),
                                be.host_view(sums), be.host_view(wsum))
-    out = _means(sums, wsum) if return_means else sums
-    if not batched:
-        return out[0], wsum[0]
-    return out, wsum
+    return _unbatch(batched, _means(sums, wsum) if return_means else sums, wsum)
 
 
-def _check_label_range(labels, n_clusters: int) -> None:
-    if (labels.numel() if be.is_torch(labels) else labels.size) == 0:
-        return
-    lo, hi = int(labels.min()), int(labels.max())  # one device sync for CUDA tensors
-    if lo < 0 or hi >= n_clusters:
-        raise ValueError(f"labels must lie in [0, n_clusters={n_clusters}), found values in [{lo}, {hi}]")
+def kmeans_lloyd_step(X, C, sample_weight=None, *, return_means: bool = True,
+                      check_finite: bool = True):
+    """One Lloyd iteration: ``kmeans_assign(X, C)`` then ``kmeans_update`` of that assignment.
 
+    On the CPU both run in a single pass over X (each block of points is summed while it is
+    still in cache); the results are bitwise the same as the two separate calls.
 
-def _means(sums, wsum):
-    """sums / wsum per cluster; a cluster with zero weight keeps a row of zeros."""
-    denom = wsum[..., None]
-    if be.is_torch(sums):
-        torch = be._torch()
-        return torch.where(denom > 0, sums / torch.where(denom > 0, denom, 1), torch.zeros_like(sums))
-    safe = np.where(denom > 0, denom, 1)
-    return np.where(denom > 0, sums / safe, 0).astype(sums.dtype, copy=False)
+    Returns
+    -------
+    labels, sq_dist : as kmeans_assign (against C)
+    centers_or_sums, weights : as kmeans_update (of the new labels)
+    """
+    place, X3, batched = _points(X, check_finite)
+    C3 = _centers(C, place, X3, batched, check_finite)
+    weights3 = _weights(sample_weight, place, X3, batched)
+    if place.cuda:
+        labels, sq_dist = kmeans_assign(X3, C3, check_finite=False)
+        sums, wsum = kmeans_update(X3, labels, C3.shape[1], weights3, return_means=False,
+                                   check_finite=False)
+    else:
+        (B, N, D), K, dtype = X3.shape, C3.shape[1], be.dtype_name(X3)
+        labels = be.empty(place, (B, N), "int64")
+        sq_dist = be.empty(place, (B, N), dtype)
+        sums = be.empty(place, (B, K, D), dtype)
+        wsum = be.empty(place, (B, K), dtype)
+        be._core.kmeans_lloyd_step(be.host_view(X3), be.host_view(C3),
+                                   None if weights3 is None else be.host_view(weights3),
+                                   be.host_view(labels), be.host_view(sq_dist),
+                                   be.host_view(sums), be.host_view(wsum))
+    return _unbatch(batched, labels, sq_dist, _means(sums, wsum) if return_means else sums, wsum)
