@@ -10,6 +10,7 @@ give the same labels and inertia up to floating-point rounding.
 from __future__ import annotations
 
 import numbers
+import re
 import warnings
 
 import numpy as np
@@ -208,8 +209,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         init_is_array = not isinstance(self.init, str)
         if not init_is_array and self.init not in ("k-means++", "random"):
             raise ValueError(f"init must be 'k-means++', 'random' or an array of shape (n_clusters, n_features), got {self.init!r}")
-        if self.n_init == "auto":
-            n_init = 10 if self.init == "random" else 1
+        if isinstance(self.n_init, str) and self.n_init == "auto":
+            n_init = 1 if init_is_array or self.init == "k-means++" else 10
         else:
             positive_int("n_init", self.n_init)
             n_init = self.n_init
@@ -241,8 +242,13 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             return be.as_float("X", X)
         if be.is_torch(X):
             X = X.detach().numpy()
-        return validate_data(self, X, reset=reset, dtype=[np.float64, np.float32], order="C",
-                             copy=copy, accept_sparse=False)
+        try:
+            return validate_data(self, X, reset=reset, dtype=[np.float64, np.float32], order="C",
+                                 copy=copy, accept_sparse=False)
+        except (TypeError, ValueError) as exc:
+            if re.search(r"\bX\b", str(exc)):
+                raise
+            raise type(exc)(f"X: {exc}") from exc
 
     def _check_n_features_torch(self, X, *, reset):
         if X.ndim != 2:

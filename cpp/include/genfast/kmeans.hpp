@@ -47,11 +47,19 @@ GENFAST_HD T exact_sq_dist(const T* x, const T* c, int64_t D) {
   return T(part[0]);
 }
 
+/// One term of a squared norm: s + c_d^2 with c_d widened to the accumulation type.
+/// sq_norm is a left fold of this step, so a kernel that streams c feature by feature (the
+/// CUDA assign kernel) builds bit-for-bit the same sum.
+template <class T>
+GENFAST_HD accumulate_t<T> add_sq(accumulate_t<T> s, T c_d) {
+  return s + accumulate_t<T>(c_d) * accumulate_t<T>(c_d);
+}
+
 /// ||c||^2 in the accumulation type, rounded once to T.
 template <class T>
 GENFAST_HD T sq_norm(const T* c, int64_t D) {
   accumulate_t<T> s = 0;
-  for (int64_t d = 0; d < D; ++d) s += accumulate_t<T>(c[d]) * accumulate_t<T>(c[d]);
+  for (int64_t d = 0; d < D; ++d) s = add_sq(s, c[d]);
   return T(s);
 }
 
