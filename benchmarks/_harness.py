@@ -210,15 +210,15 @@ def loadavg() -> float | None:
         return None
 
 
-def busy_warning(threads: int) -> str | None:
-    """A warning line when the machine already looks busy, else None."""
+def busy_warning(threads: int, when: str = "before the run") -> str | None:
+    """A warning line when the machine looks busy (1-minute load above half the CPUs), else None."""
     load = loadavg()
     if load is None:
         return None
     cpus = _cpu_info()["usable_cpus"] or os.cpu_count() or 1
     if load > 0.5 * cpus:
-        return (f"warning: 1-minute load average is {load:.2f} on {cpus} CPUs before the run; "
-                f"timings with {threads} threads will be noisy")
+        return (f"warning: 1-minute load average is {load:.2f} on {cpus} CPUs {when}; "
+                f"timings with {threads} threads are noisy")
     return None
 
 
