@@ -346,8 +346,10 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
 
     def _random_init(self, arrays, Xw, sw, random_state):
         n = Xw.shape[0]
-        p = None if sw is None else (lambda w: w / w.sum())(arrays.to_host(sw).astype(np.float64))
-        seeds = random_state.choice(n, size=self.n_clusters, replace=False, p=p)
+        # Always pass p (uniform when unweighted): numpy draws differently without it, and
+        # scikit-learn passes it, so the same seed picks the same points.
+        w = np.ones(n) if sw is None else arrays.to_host(sw).astype(np.float64)
+        seeds = random_state.choice(n, size=self.n_clusters, replace=False, p=w / w.sum())
         return arrays.take_host(Xw, seeds)
 
     def _kmeans_plusplus(self, arrays, Xw, x_sq_norms, sw, random_state):
@@ -436,11 +438,20 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             return torch.as_tensor(self.cluster_centers_, dtype=X.dtype, device=X.device)
         return self.cluster_centers_.astype(X.dtype, copy=False)
 
+    @staticmethod
+    def _same_kind(result, X_in):
+        """Return torch tensors for torch CPU input (validated as a numpy view)."""
+        if be.is_torch(X_in) and not be.is_torch(result):
+            import torch
+
+            return torch.from_numpy(result)
+        return result
+
     def predict(self, X):
-        """Index of the closest centre for each sample of X."""
-        X = self._check_predict_input(X)
+        """Index of the closest centre for each sample of X (same kind as X: numpy or torch)."""
+        X_in, X = X, self._check_predict_input(X)
         labels, _ = ops.kmeans_assign(X, self._centers_like(X))
-        return labels
+        return self._same_kind(labels, X_in)
 
     def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, and return the training labels (labels_)."""
@@ -448,13 +459,13 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
 
     def transform(self, X):
         """Euclidean distances (n_samples, n_clusters) from X to every centre."""
-        X = self._check_predict_input(X)
+        X_in, X = X, self._check_predict_input(X)
         C = self._centers_like(X)
         if be.is_torch(X):
             import torch
 
             return torch.cdist(X, C)
-        return euclidean_distances(X, C)
+        return self._same_kind(euclidean_distances(X, C), X_in)
 
     def fit_transform(self, X, y=None, sample_weight=None):
         """Fit, then return the distances of X to the fitted centres."""

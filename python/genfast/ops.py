@@ -24,6 +24,8 @@ def _points(X, check_finite):
         raise ValueError(f"X must be 2-d (N, D) or 3-d (B, N, D), got {X.ndim}-d with shape {tuple(X.shape)}")
     if X.shape[-1] < 1:
         raise ValueError("X must have at least one feature (D >= 1)")
+    if X.shape[-2] < 1 or (X.ndim == 3 and X.shape[0] < 1):
+        raise ValueError(f"X is empty (shape {tuple(X.shape)}); it must hold at least one point")
     return place, (X if X.ndim == 3 else X[None]), X.ndim == 3
 
 
@@ -52,10 +54,9 @@ def _labels(labels, place, X3, batched, n_clusters):
     expected = (B, N) if batched else (N,)
     if tuple(labels.shape) != expected:
         raise ValueError(f"labels must have shape {expected} to match X, got {tuple(labels.shape)}")
-    if N > 0:
-        lo, hi = int(labels.min()), int(labels.max())  # one device sync for CUDA tensors
-        if lo < 0 or hi >= n_clusters:
-            raise ValueError(f"labels must lie in [0, n_clusters={n_clusters}), found values in [{lo}, {hi}]")
+    lo, hi = int(labels.min()), int(labels.max())  # one device sync for CUDA tensors
+    if lo < 0 or hi >= n_clusters:
+        raise ValueError(f"labels must lie in [0, n_clusters={n_clusters}), found values in [{lo}, {hi}]")
     return labels.reshape(B, N)
 
 
