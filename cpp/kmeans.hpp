@@ -3,16 +3,9 @@
 
 #include <cstdint>
 
-namespace genfast::kmeans {
+#include <genfast/kmeans.hpp>  // Shape and the shared math
 
-/// Shapes of one (possibly batched) k-means problem: B independent problems of N points
-/// and K centres in D dimensions.
-struct Shape {
-  int64_t B = 1;  ///< number of independent problems (leading batch dimension)
-  int64_t N = 0;  ///< points per problem
-  int64_t K = 0;  ///< centres (clusters) per problem
-  int64_t D = 0;  ///< features
-};
+namespace genfast::kmeans {
 
 /// Nearest centre of every point, with its squared distance.
 /// Ties break to the lowest centre index; results do not depend on the thread count.

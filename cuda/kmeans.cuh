@@ -8,16 +8,11 @@
 #include <cstddef>
 #include <cstdint>
 
+#include <genfast/kmeans.hpp>  // Shape and the shared math
+
 namespace genfast::kmeans::gpu {
 
-/// Shapes of one (possibly batched) k-means problem: B independent problems of N points
-/// and K centres in D dimensions.
-struct Shape {
-  int64_t B = 1;  ///< number of independent problems (leading batch dimension)
-  int64_t N = 0;  ///< points per problem
-  int64_t K = 0;  ///< centres (clusters) per problem
-  int64_t D = 0;  ///< features
-};
+using genfast::kmeans::Shape;
 
 /// Nearest centre of every point, with its squared distance, without forming the N x K
 /// distance matrix. Ties break to the lowest centre index.

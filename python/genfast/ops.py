@@ -172,7 +172,7 @@ def kmeans_update(X, labels, n_clusters: int, sample_weight=None, *, return_mean
         cuda = be.require_cuda()
         device, stream = be.cuda_launch_args(X3)
         torch = be._torch()
-        workspace = torch.empty(cuda.kmeans_update_workspace_bytes(B, N, K), dtype=torch.uint8,
+        workspace = torch.empty(cuda.kmeans_update_workspace_bytes(B, N, K, device=device), dtype=torch.uint8,
                                 device=X3.device)
         cuda.kmeans_update(X3.data_ptr(), labels3.data_ptr(),
                            0 if weights3 is None else weights3.data_ptr(),

@@ -6,6 +6,15 @@
 
 namespace genfast::kmeans {
 
+/// Shapes of one (possibly batched) k-means problem: B independent problems of N points
+/// and K centres in D dimensions. The same struct describes CPU and CUDA launches.
+struct Shape {
+  int64_t B = 1;  ///< number of independent problems (leading batch dimension)
+  int64_t N = 0;  ///< points per problem
+  int64_t K = 0;  ///< centres (clusters) per problem
+  int64_t D = 0;  ///< features
+};
+
 /// Ordering of candidate centres for the nearest-centre search: a smaller score wins, and
 /// equal scores break to the lower centre index (the same rule on every backend).
 template <class T>
@@ -15,6 +24,8 @@ GENFAST_HD bool closer(T score, int64_t k, T best_score, int64_t best_k) {
 
 /// Score used to rank centres for one point: ||x-c||^2 - ||x||^2 = ||c||^2 - 2 x.c
 /// (the ||x||^2 term is the same for every centre, so the argmin never needs it).
+/// The CUDA kernel evaluates it as written; the CPU kernel accumulates the same quantity as
+/// ||c||^2 + sum_d x_d (-2 c_d) over panels pre-scaled by -2 (exact), saving the epilogue.
 template <class T>
 GENFAST_HD T rank_score(T center_sq_norm, T dot) {
   return center_sq_norm - 2 * dot;
@@ -37,9 +48,12 @@ GENFAST_HD T exact_sq_dist(const T* x, const T* c, int64_t D) {
       part[j] += diff * diff;
     }
   }
-  for (int j = 0; d + j < D; ++j) {
-    const A diff = A(x[d + j]) - A(c[d + j]);
-    part[j] += diff * diff;
+  // Tail with compile-time indices, so part[] stays in registers on the GPU too.
+  for (int j = 0; j < kParts; ++j) {
+    if (d + j < D) {
+      const A diff = A(x[d + j]) - A(c[d + j]);
+      part[j] += diff * diff;
+    }
   }
   // Pairwise combination of the partial sums, in a fixed order.
   for (int width = kParts / 2; width >= 1; width /= 2)

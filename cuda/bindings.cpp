@@ -1,0 +1,164 @@
+// genfast._cuda: thin pybind11 bindings for the CUDA kernels. Arrays arrive as device
+// pointers (torch's data_ptr()) with their shapes; outputs are preallocated by torch, and the
+// kernels are enqueued on the caller's stream without synchronising. Bad arguments raise
+// ValueError (std::invalid_argument), CUDA failures RuntimeError (std::runtime_error).
+#include <pybind11/pybind11.h>
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "common.cuh"
+#include "kmeans.cuh"
+
+namespace py = pybind11;
+namespace gpu = genfast::kmeans::gpu;
+
+namespace {
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument(what);
+}
+
+/// A device pointer passed from Python as an integer; null is allowed only for an empty array.
+template <class T> T* device_ptr(std::uintptr_t address, const char* name, int64_t elements) {
+  require(address != 0 || elements == 0, std::string(name) + " is a null pointer");
+  return reinterpret_cast<T*>(address);
+}
+
+gpu::Shape make_shape(int64_t B, int64_t N, int64_t K, int64_t D) {
+  require(B >= 0 && N >= 0 && K >= 0 && D >= 0, "B, N, K and D must be non-negative");
+  return {B, N, K, D};
+}
+
+/// Makes `device` current for this host thread in genfast's own (static) CUDA runtime, whose
+/// current device is separate from torch's.
+void use_device(int device) {
+  require(device >= 0, "device must be a CUDA device index >= 0, got " + std::to_string(device));
+  genfast::gpu::check(cudaSetDevice(device), "cudaSetDevice");
+}
+
+/// Calls f(T{}) with T the C++ type named by dtype ("float32" or "float64").
+template <class F> void dispatch_dtype(const std::string& dtype, F&& f) {
+  if (dtype == "float32")
+    f(float{});
+  else if (dtype == "float64")
+    f(double{});
+  else
+    throw std::invalid_argument("dtype must be 'float32' or 'float64', got '" + dtype + "'");
+}
+
+void kmeans_assign(std::uintptr_t X, std::uintptr_t C, std::uintptr_t labels,
+                   std::uintptr_t sq_dist, int64_t B, int64_t N, int64_t K, int64_t D,
+                   const std::string& dtype, int device, std::uintptr_t stream) {
+  const gpu::Shape s = make_shape(B, N, K, D);
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = device_ptr<const T>(X, "X", B * N * D);
+    const T* c = device_ptr<const T>(C, "C", B * K * D);
+    int64_t* l = device_ptr<int64_t>(labels, "labels", B * N);
+    T* d = device_ptr<T>(sq_dist, "sq_dist", B * N);
+    py::gil_scoped_release release;
+    use_device(device);
+    gpu::assign_labels<T>(s, x, c, l, d, reinterpret_cast<cudaStream_t>(stream));
+  });
+}
+
+size_t kmeans_update_workspace_bytes(int64_t B, int64_t N, int64_t K, int device) {
+  py::gil_scoped_release release;  // the first CUDA call of a process can take a while
+  if (device != -1) use_device(device);
+  return gpu::update_workspace_bytes(B, N, K);
+}
+
+void kmeans_update(std::uintptr_t X, std::uintptr_t labels, std::uintptr_t weights,
+                   std::uintptr_t sums, std::uintptr_t wsum, std::uintptr_t workspace,
+                   size_t workspace_bytes, int64_t B, int64_t N, int64_t K, int64_t D,
+                   const std::string& dtype, int device, std::uintptr_t stream) {
+  const gpu::Shape s = make_shape(B, N, K, D);
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = device_ptr<const T>(X, "X", B * N * D);
+    const int64_t* l = device_ptr<const int64_t>(labels, "labels", B * N);
+    const T* w = reinterpret_cast<const T*>(weights);  // 0: unit weights
+    T* out = device_ptr<T>(sums, "sums", B * K * D);
+    T* ws = device_ptr<T>(wsum, "wsum", B * K);
+    void* scratch = device_ptr<void>(workspace, "workspace", int64_t(workspace_bytes));
+    py::gil_scoped_release release;
+    use_device(device);
+    gpu::update_centers<T>(s, x, l, w, out, ws, scratch, workspace_bytes,
+                           reinterpret_cast<cudaStream_t>(stream));
+  });
+}
+
+/// (usable device count, message). Never throws: with no driver or no GPU the count is 0
+/// and the message is CUDA's reason. Devices older than the oldest architecture the build
+/// has code for (GENFAST_CUDA_MIN_ARCH) are listed but not counted.
+py::tuple device_status() {
+  int count = 0;
+  const cudaError_t status = cudaGetDeviceCount(&count);
+  if (status != cudaSuccess) {
+    cudaGetLastError();  // clear the error so that later calls start clean
+    return py::make_tuple(0, std::string("no usable CUDA device: ") + cudaGetErrorString(status));
+  }
+  if (count == 0) return py::make_tuple(0, std::string("no CUDA device found"));
+  int usable = 0;
+  std::string list;
+  for (int d = 0; d < count; ++d) {
+    cudaDeviceProp prop;
+    const cudaError_t st = cudaGetDeviceProperties(&prop, d);
+    list += d ? ", " : "";
+    if (st != cudaSuccess) {
+      cudaGetLastError();
+      list += "device " + std::to_string(d) + " (" + cudaGetErrorString(st) + ")";
+      continue;
+    }
+    const int arch = prop.major * 10 + prop.minor;
+    list += std::string(prop.name) + " (sm_" + std::to_string(arch);
+    if (arch >= GENFAST_CUDA_MIN_ARCH) {
+      ++usable;
+    } else {
+      list += ", unsupported: this build needs sm_" + std::to_string(GENFAST_CUDA_MIN_ARCH) +
+              " or newer";
+    }
+    list += ")";
+  }
+  const std::string head = usable == count ? std::to_string(count) + " device(s): "
+                                           : std::to_string(usable) + " of " +
+                                                 std::to_string(count) + " device(s) usable: ";
+  return py::make_tuple(usable, head + list);
+}
+
+py::dict build_info() {
+  py::dict info;
+  info["cuda_version"] =
+      std::to_string(CUDART_VERSION / 1000) + "." + std::to_string(CUDART_VERSION % 1000 / 10);
+  info["compiler"] = "nvcc " GENFAST_NVCC_VERSION;
+  info["architectures"] = GENFAST_CUDA_ARCHS;
+  info["flags"] = GENFAST_CUDA_FLAGS;
+  info["runtime"] = "static";
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, m, py::mod_gil_not_used()) {
+  m.doc() = "genfast CUDA kernels (device pointers in, kernels enqueued on the given stream)";
+  m.def("kmeans_assign", &kmeans_assign, py::arg("X"), py::arg("C"), py::arg("labels"),
+        py::arg("sq_dist"), py::arg("B"), py::arg("N"), py::arg("K"), py::arg("D"),
+        py::arg("dtype"), py::arg("device"), py::arg("stream"),
+        "Nearest centre (lowest index on ties) and its squared distance; writes labels, sq_dist.");
+  m.def("kmeans_update_workspace_bytes", &kmeans_update_workspace_bytes, py::arg("B"),
+        py::arg("N"), py::arg("K"), py::arg("device") = -1,
+        "Bytes of device workspace kmeans_update needs on `device` (-1: the device of the "
+        "last genfast CUDA call on this thread, initially 0).");
+  m.def("kmeans_update", &kmeans_update, py::arg("X"), py::arg("labels"), py::arg("weights"),
+        py::arg("sums"), py::arg("wsum"), py::arg("workspace"), py::arg("workspace_bytes"),
+        py::arg("B"), py::arg("N"), py::arg("K"), py::arg("D"), py::arg("dtype"),
+        py::arg("device"), py::arg("stream"),
+        "Per-cluster weighted sums and total weights (deterministic); writes sums, wsum.");
+  m.def("device_status", &device_status,
+        "(usable CUDA devices, message); never raises, also without a driver or GPU.");
+  m.def("build_info", &build_info, "CUDA version, architectures and nvcc flags of the build.");
+}
