@@ -228,8 +228,7 @@ def peer_genfast_ops(case: Case, mods):
         C = C0
         sq = None
         for _ in range(iters):
-            labels, sq = ops.kmeans_assign(X, C, check_finite=False)
-            means, w = ops.kmeans_update(X, labels, K, check_finite=False)
+            labels, sq, means, w = ops.kmeans_lloyd_step(X, C, check_finite=False)
             C = where(w[:, None] > 0, means, C)  # an empty cluster keeps its centre
         return C, sq
 
@@ -238,7 +237,7 @@ def peer_genfast_ops(case: Case, mods):
     to_np = (lambda a: a.cpu().numpy()) if case.cuda else np.asarray
     return dict(timing=t, n_iter=case.iters, centers=to_np(C),
                 inertia_self=float(to_np(sq).astype(np.float64).sum()),
-                params={"loop": f"{case.iters} x (kmeans_assign + kmeans_update(return_means=True))",
+                params={"loop": f"{case.iters} x kmeans_lloyd_step(return_means=True)",
                         "check_finite": False, "empty_cluster": "keeps its centre"},
                 notes=["raw kernels, no estimator overhead; self-reported inertia is that of the "
                        "last assignment (before the last update)"])
