@@ -35,9 +35,10 @@ void require_shape(const py::array& a, const char* name, std::initializer_list<p
   require(ok, std::string(name) + " must have shape " + expected);
 }
 
+/// Shape of an assignment, X [B, N, D] against C [B, K, D], with its outputs checked.
 template <class T>
-void kmeans_assign(const carray<T>& X, const carray<T>& C, carray<int64_t>& labels,
-                   carray<T>& sq_dist) {
+genfast::kmeans::Shape assign_shape(const carray<T>& X, const carray<T>& C,
+                                    const carray<int64_t>& labels, const carray<T>& sq_dist) {
   require(X.ndim() == 3, "X must be 3-d (B, N, D)");
   require(C.ndim() == 3, "C must be 3-d (B, K, D)");
   genfast::kmeans::Shape s{X.shape(0), X.shape(1), C.shape(1), X.shape(2)};
@@ -45,6 +46,22 @@ void kmeans_assign(const carray<T>& X, const carray<T>& C, carray<int64_t>& labe
   require(s.K >= 1 && s.K <= INT32_MAX, "C must hold between 1 and 2**31-1 centres");
   require_shape(labels, "labels", {s.B, s.N});
   require_shape(sq_dist, "sq_dist", {s.B, s.N});
+  return s;
+}
+
+/// Checks the M-step arrays against s: optional weights [B, N], sums [B, K, D], wsum [B, K].
+template <class T>
+void check_update_arrays(const genfast::kmeans::Shape& s, const std::optional<carray<T>>& weights,
+                         const carray<T>& sums, const carray<T>& wsum) {
+  require_shape(sums, "sums", {s.B, s.K, s.D});
+  require_shape(wsum, "wsum", {s.B, s.K});
+  if (weights) require_shape(*weights, "sample_weight", {s.B, s.N});
+}
+
+template <class T>
+void kmeans_assign(const carray<T>& X, const carray<T>& C, carray<int64_t>& labels,
+                   carray<T>& sq_dist) {
+  const auto s = assign_shape(X, C, labels, sq_dist);
   const T* x = X.data();
   const T* c = C.data();
   int64_t* l = labels.mutable_data();
@@ -57,13 +74,10 @@ template <class T>
 void kmeans_update(const carray<T>& X, const carray<int64_t>& labels,
                    const std::optional<carray<T>>& weights, carray<T>& sums, carray<T>& wsum) {
   require(X.ndim() == 3, "X must be 3-d (B, N, D)");
-  genfast::kmeans::Shape s{X.shape(0), X.shape(1), sums.ndim() == 3 ? sums.shape(1) : 0,
-                           X.shape(2)};
-  require(sums.ndim() == 3 && s.K >= 1, "sums must be 3-d (B, K, D) with K >= 1");
+  require(sums.ndim() == 3 && sums.shape(1) >= 1, "sums must be 3-d (B, K, D) with K >= 1");
+  const genfast::kmeans::Shape s{X.shape(0), X.shape(1), sums.shape(1), X.shape(2)};
   require_shape(labels, "labels", {s.B, s.N});
-  require_shape(sums, "sums", {s.B, s.K, s.D});
-  require_shape(wsum, "wsum", {s.B, s.K});
-  if (weights) require_shape(*weights, "sample_weight", {s.B, s.N});
+  check_update_arrays(s, weights, sums, wsum);
   const T* x = X.data();
   const int64_t* l = labels.data();
   const T* w = weights ? weights->data() : nullptr;
@@ -77,16 +91,8 @@ template <class T>
 void kmeans_lloyd_step(const carray<T>& X, const carray<T>& C,
                        const std::optional<carray<T>>& weights, carray<int64_t>& labels,
                        carray<T>& sq_dist, carray<T>& sums, carray<T>& wsum) {
-  require(X.ndim() == 3, "X must be 3-d (B, N, D)");
-  require(C.ndim() == 3, "C must be 3-d (B, K, D)");
-  genfast::kmeans::Shape s{X.shape(0), X.shape(1), C.shape(1), X.shape(2)};
-  require(C.shape(0) == s.B && C.shape(2) == s.D, "C must have shape (B, K, D) matching X");
-  require(s.K >= 1 && s.K <= INT32_MAX, "C must hold between 1 and 2**31-1 centres");
-  require_shape(labels, "labels", {s.B, s.N});
-  require_shape(sq_dist, "sq_dist", {s.B, s.N});
-  require_shape(sums, "sums", {s.B, s.K, s.D});
-  require_shape(wsum, "wsum", {s.B, s.K});
-  if (weights) require_shape(*weights, "sample_weight", {s.B, s.N});
+  const auto s = assign_shape(X, C, labels, sq_dist);
+  check_update_arrays(s, weights, sums, wsum);
   const T* x = X.data();
   const T* c = C.data();
   const T* w = weights ? weights->data() : nullptr;
