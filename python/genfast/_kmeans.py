@@ -130,15 +130,12 @@ class _TorchCudaArrays(_HostArrays):
         return float(X.double().var(dim=0, unbiased=False).mean())
 
 
-def _is_same_clustering(labels1, labels2, n_clusters) -> bool:
-    """True if the two labelings are equal up to a permutation of the cluster ids."""
-    mapping = np.full(n_clusters, -1, dtype=np.int64)
-    for a, b in zip(labels1, labels2):
-        if mapping[a] == -1:
-            mapping[a] = b
-        elif mapping[a] != b:
-            return False
-    return True
+def _is_same_clustering(labels1, labels2) -> bool:
+    """True if labels2 is a function of labels1 (each cluster of labels1 maps to one cluster
+    of labels2), the test scikit-learn uses to skip an equivalent n_init run."""
+    labels1 = np.asarray(labels1, dtype=np.int64)
+    pairs = labels1 * (int(labels2.max()) + 1) + labels2
+    return len(np.unique(pairs)) == len(np.unique(labels1))
 
 
 class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, BaseEstimator):
@@ -304,18 +301,18 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         # Centre the data: distances of centred points lose less to float rounding.
         X_mean = arrays.mean0(Xw)
         Xw -= X_mean
-        X_mean_host = arrays.to_host(X_mean)
-        if init_is_array:
-            init -= X_mean_host
-        tol = self.tol * arrays.var_mean(Xw) if self.tol > 0 else 0.0
-        x_sq_norms = arrays.row_sq_norms(Xw) if not init_is_array else None
-
         best = None
         try:
-            for run in range(n_init):
+            X_mean_host = arrays.to_host(X_mean)
+            if init_is_array:
+                init -= X_mean_host
+            tol = self.tol * arrays.var_mean(Xw) if self.tol > 0 else 0.0
+            use_plusplus = not init_is_array and self.init == "k-means++"
+            x_sq_norms = arrays.row_sq_norms(Xw) if use_plusplus else None
+            for _ in range(n_init):
                 if init_is_array:
                     centers = init.copy()
-                elif self.init == "k-means++":
+                elif use_plusplus:
                     centers = self._kmeans_plusplus(arrays, Xw, x_sq_norms, sw, random_state)
                 else:
                     centers = self._random_init(arrays, Xw, sw, random_state)
@@ -323,7 +320,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
                     print("Initialization complete")
                 labels, inertia, centers, n_iter = self._lloyd(arrays, Xw, sw, centers, tol)
                 if best is None or (inertia < best[1] and not _is_same_clustering(
-                        arrays.to_host(labels), arrays.to_host(best[0]), self.n_clusters)):
+                        arrays.to_host(labels), arrays.to_host(best[0]))):
                     best = (labels, inertia, centers, n_iter)
         finally:
             if not self.copy_x:
