@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["kmeans_assign", "kmeans_update", "lloyd_iteration", "inertia", "kmeans_plusplus"]
+__all__ = [
+    "kmeans_assign", "kmeans_update", "lloyd_iteration", "inertia", "kmeans_plusplus",
+    "COVARIANCE_TYPES", "gmm_log_resp", "gmm_suff_stats", "gaussian_mle",
+    "precisions_cholesky_from_covariances",
+]
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
 
 def kmeans_assign(X, C):
@@ -99,3 +105,102 @@ def kmeans_plusplus(X, n_clusters, sample_weight=None, random_state=None, n_loca
         closest = cand_closest[best]
         potential = cand_potential[best]
     return X[indices].copy(), indices
+
+
+# --------------------------------------------------------------------------- Gaussian mixtures
+# Parameterised as scikit-learn does, by the Cholesky factor P of each precision matrix
+# (precision = P P^T, P upper triangular), with these shapes for K components in D dims:
+#   full (K, D, D), tied (D, D), diag (K, D) = 1/sigma, spherical (K,) = 1/sigma.
+
+
+def _full_precision_cholesky(precisions_cholesky, covariance_type, K, D):
+    """The precision Cholesky factor of every component as a (K, D, D) array."""
+    P = np.asarray(precisions_cholesky, dtype=np.float64)
+    if covariance_type == "full":
+        return P
+    if covariance_type == "tied":
+        return np.broadcast_to(P, (K, D, D))
+    if covariance_type == "diag":
+        return np.stack([np.diag(p) for p in P])
+    if covariance_type == "spherical":
+        return np.stack([np.eye(D) * p for p in P])
+    raise ValueError(f"unknown covariance_type {covariance_type!r}")
+
+
+def gmm_log_resp(X, weights, means, precisions_cholesky, covariance_type):
+    """(log p(x_n) (N,), log responsibilities (N, K)) of a Gaussian mixture.
+
+    log N(x | mu_k, Sigma_k) = -D/2 log(2 pi) + log det P_k - 1/2 ||(x - mu_k)^T P_k||^2.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    means = np.asarray(means, dtype=np.float64)
+    N, D = X.shape
+    K = means.shape[0]
+    P = _full_precision_cholesky(precisions_cholesky, covariance_type, K, D)
+    log_joint = np.empty((N, K))
+    for k in range(K):
+        y = (X - means[k]) @ P[k]
+        log_det = np.sum(np.log(np.diag(P[k])))
+        log_joint[:, k] = -0.5 * (D * np.log(2 * np.pi) + (y * y).sum(axis=1)) + log_det
+    log_joint += np.log(np.asarray(weights, dtype=np.float64))
+    # log-sum-exp over components, shifted by the row maximum; an all -inf row stays -inf.
+    m = log_joint.max(axis=1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        log_prob = np.log(np.exp(log_joint - m).sum(axis=1)) + m[:, 0]
+    with np.errstate(invalid="ignore"):
+        log_resp = log_joint - log_prob[:, None]
+    return log_prob, log_resp
+
+
+def gmm_suff_stats(X, resp, covariance_type):
+    """M-step statistics: (N_k (K,), sums sum_n r_nk x_n (K, D), scatter).
+
+    The scatter is taken about the means mu_k = sums_k / (N_k + 10 eps) (scikit-learn's
+    guard, which gives an empty component the mean 0 instead of NaN):
+      full      (K, D, D)  sum_n r_nk (x_n - mu_k)(x_n - mu_k)^T
+      tied      (D, D)     the full scatter summed over components
+      diag      (K, D)     the diagonal of the full scatter
+      spherical (K,)       its trace, sum_n r_nk ||x_n - mu_k||^2
+    """
+    X = np.asarray(X, dtype=np.float64)
+    resp = np.asarray(resp, dtype=np.float64)
+    nk = resp.sum(axis=0)
+    sums = resp.T @ X
+    means = sums / (nk + 10 * np.finfo(np.float64).eps)[:, None]
+    full = np.stack([(resp[:, k, None] * (X - means[k])).T @ (X - means[k]) for k in range(len(nk))])
+    scatter = {
+        "full": full,
+        "tied": full.sum(axis=0),
+        "diag": np.stack([np.diag(f) for f in full]),
+        "spherical": np.array([np.trace(f) for f in full]),
+    }[covariance_type]
+    return nk, sums, scatter
+
+
+def precisions_cholesky_from_covariances(covariances, covariance_type):
+    """Upper-triangular P with P P^T = inverse covariance, in scikit-learn's shapes."""
+    C = np.asarray(covariances, dtype=np.float64)
+    if covariance_type in ("diag", "spherical"):
+        return 1.0 / np.sqrt(C)
+
+    def one(cov):
+        L = np.linalg.cholesky(cov)  # cov = L L^T, so inv(cov) = inv(L)^T inv(L) = P P^T
+        return np.linalg.inv(L).T
+
+    return one(C) if covariance_type == "tied" else np.stack([one(c) for c in C])
+
+
+def gaussian_mle(X, covariance_type="full"):
+    """Maximum-likelihood mean (D,) and covariance of one Gaussian (no regularisation):
+    full/tied (D, D), diag (D,), spherical scalar (the mean of the variances)."""
+    X = np.asarray(X, dtype=np.float64)
+    mean = X.mean(axis=0)
+    cov = (X - mean).T @ (X - mean) / X.shape[0]
+    if covariance_type in ("full", "tied"):
+        return mean, cov
+    if covariance_type == "diag":
+        return mean, np.diag(cov).copy()
+    if covariance_type == "spherical":
+        return mean, float(np.diag(cov).mean())
+    raise ValueError(f"unknown covariance_type {covariance_type!r}")
