@@ -1,6 +1,8 @@
 // genfast k-means CPU kernels: fused distance + argmin assignment, and the M-step sums.
 #include "kmeans.hpp"
 
+#include "blocked_sum.hpp"
+
 #include <genfast/kmeans.hpp>
 #include <genfast/simd.hpp>
 
@@ -26,11 +28,6 @@ template <class T> struct Tile {
 constexpr int64_t kChunkPoints = 256;
 /// Bytes of packed centres scanned per pass over a chunk (kept resident in L2).
 constexpr int64_t kBlockBytes = 192 * 1024;
-/// Points per block of the M-step sums; blocks are the fixed unit of summation order.
-constexpr int64_t kUpdateBlockPoints = 8192;
-/// Memory budget for the per-block partial sums of one wave, and the most blocks per wave.
-constexpr int64_t kUpdatePartialBytes = int64_t(32) << 20;
-constexpr int64_t kUpdateMaxWave = 64;
 
 /// Centres repacked into panels of Tile::width centres, laid out [d][width] so that the
 /// inner loop reads `cols` aligned vectors per feature. Panels hold -2c (exact: a power of
@@ -189,44 +186,18 @@ template <class T> class NearestCenters {
   int64_t panels_per_block_;
 };
 
-/// Per-cluster sums over fixed blocks of kUpdateBlockPoints points: fill(block, i_begin,
-/// i_end, partial) accumulates one block into a zeroed partial row (K*D weighted sums, then
-/// K weights) and returns how many labels it skipped as out of range. Blocks run in waves
-/// whose size depends only on the shapes, and partials are folded into each problem's total
-/// in block order, so every bit of sums/wsum is independent of the thread count.
+/// Per-cluster sums (K*D weighted sums, then K weights per row) of points summed by
+/// fill(b, i0, i1, acc) with blocked_sum, written to sums/wsum in T.
 /// Throws std::invalid_argument if any label was out of range.
 template <class T, class Fill>
-void reduce_blocks(const Shape& s, T* sums, T* wsum, Fill fill) {
-  using A = accumulate_t<T>;
-  const int64_t row = s.K * s.D + s.K;
-  const int64_t blocks_per_problem = (s.N + kUpdateBlockPoints - 1) / kUpdateBlockPoints;
-  const int64_t blocks = s.B * blocks_per_problem;
-  const int64_t wave = std::clamp<int64_t>(kUpdatePartialBytes / (row * int64_t(sizeof(A))), 1,
-                                           kUpdateMaxWave);
-  std::vector<A> total(size_t(s.B * row), A(0));
-  std::vector<A> partial(size_t(std::min(wave, std::max<int64_t>(blocks, 1)) * row));
+void cluster_sums(const Shape& s, T* sums, T* wsum, Fill fill) {
   int64_t bad_labels = 0;
-
-  for (int64_t first = 0; first < blocks; first += wave) {
-    const int64_t count = std::min(wave, blocks - first);
-#pragma omp parallel for schedule(dynamic) reduction(+ : bad_labels)
-    for (int64_t j = 0; j < count; ++j) {
-      const int64_t blk = first + j, b = blk / blocks_per_problem;
-      const int64_t i0 = (blk % blocks_per_problem) * kUpdateBlockPoints;
-      A* acc = &partial[size_t(j * row)];
-      std::fill(acc, acc + row, A(0));
-      bad_labels += fill(b, i0, std::min(s.N, i0 + kUpdateBlockPoints), acc);
-    }
-#pragma omp parallel for schedule(static)
-    for (int64_t e = 0; e < row; ++e)
-      for (int64_t j = 0; j < count; ++j)
-        total[size_t(((first + j) / blocks_per_problem) * row + e)] += partial[size_t(j * row + e)];
-  }
+  const auto total =
+      blocked_sum<accumulate_t<T>>(s.B, s.N, s.K * s.D + s.K, fill, bad_labels);
   if (bad_labels) throw std::invalid_argument("labels must lie in [0, n_clusters)");
-
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < s.B; ++b) {
-    const A* t = &total[size_t(b * row)];
+    const accumulate_t<T>* t = &total[size_t(b * (s.K * s.D + s.K))];
     for (int64_t e = 0; e < s.K * s.D; ++e) sums[b * s.K * s.D + e] = T(t[e]);
     for (int64_t k = 0; k < s.K; ++k) wsum[b * s.K + k] = T(t[s.K * s.D + k]);
   }
@@ -273,7 +244,7 @@ void assign_labels(const Shape& s, const T* X, const T* C, int64_t* labels, T* s
 template <class T>
 void update_centers(const Shape& s, const T* X, const int64_t* labels, const T* weights,
                     T* sums, T* wsum) {
-  reduce_blocks<T>(s, sums, wsum, [&](int64_t b, int64_t i0, int64_t i1, accumulate_t<T>* acc) {
+  cluster_sums<T>(s, sums, wsum, [&](int64_t b, int64_t i0, int64_t i1, accumulate_t<T>* acc) {
     return accumulate_points(s, X, labels, weights, b, i0, i1, acc);
   });
 }
@@ -283,7 +254,7 @@ void lloyd_step(const Shape& s, const T* X, const T* C, const T* weights, int64_
                 T* sq_dist, T* sums, T* wsum) {
   if (s.K < 1) throw std::invalid_argument("lloyd_step: need at least one centre");
   const NearestCenters<T> nearest(s, C);
-  reduce_blocks<T>(s, sums, wsum, [&](int64_t b, int64_t i0, int64_t i1, accumulate_t<T>* acc) {
+  cluster_sums<T>(s, sums, wsum, [&](int64_t b, int64_t i0, int64_t i1, accumulate_t<T>* acc) {
     // Assign the block chunk by chunk, then sum it while it is still in cache.
     for (int64_t c0 = i0; c0 < i1; c0 += kChunkPoints)
       nearest.assign_chunk(X, b, c0, std::min(kChunkPoints, i1 - c0), labels, sq_dist);
