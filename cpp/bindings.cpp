@@ -12,7 +12,9 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
+#include "gmm.hpp"
 #include "kmeans.hpp"
 
 namespace py = pybind11;
@@ -25,7 +27,7 @@ void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument(what);
 }
 
-void require_shape(const py::array& a, const char* name, std::initializer_list<py::ssize_t> shape) {
+void require_shape(const py::array& a, const std::string& name, const std::vector<py::ssize_t>& shape) {
   std::string expected = "(";
   for (auto d : shape) expected += std::to_string(d) + ",";
   expected.back() = ')';
@@ -104,6 +106,78 @@ void kmeans_lloyd_step(const carray<T>& X, const carray<T>& C,
   genfast::kmeans::lloyd_step<T>(s, x, c, w, l, d, out, ws);
 }
 
+genfast::gmm::Covariance covariance_of(const std::string& name) {
+  using genfast::gmm::Covariance;
+  if (name == "full") return Covariance::full;
+  if (name == "tied") return Covariance::tied;
+  if (name == "diag") return Covariance::diag;
+  if (name == "spherical") return Covariance::spherical;
+  throw std::invalid_argument("covariance_type must be 'full', 'tied', 'diag' or 'spherical', got '" + name + "'");
+}
+
+/// Shape of the precision Cholesky factors (scikit-learn's) for K components in D dims.
+std::vector<py::ssize_t> precision_shape(genfast::gmm::Covariance cov, py::ssize_t K, py::ssize_t D) {
+  using genfast::gmm::Covariance;
+  switch (cov) {
+    case Covariance::full: return {K, D, D};
+    case Covariance::tied: return {D, D};
+    case Covariance::diag: return {K, D};
+    case Covariance::spherical: break;
+  }
+  return {K};
+}
+
+template <class T>
+void gmm_log_resp(const carray<T>& X, const carray<T>& weights, const carray<T>& means,
+                  const carray<T>& prec_chol, const std::string& covariance_type,
+                  carray<T>& log_prob, const std::optional<carray<T>>& log_resp) {
+  const auto cov = covariance_of(covariance_type);
+  require(X.ndim() == 2, "X must be 2-d (N, D)");
+  require(means.ndim() == 2 && means.shape(1) == X.shape(1), "means must have shape (K, D) matching X");
+  const genfast::gmm::Shape s{X.shape(0), means.shape(0), X.shape(1)};
+  require(s.K >= 1, "means must hold at least one component");
+  require_shape(weights, "weights", {s.K});
+  require_shape(prec_chol, "precisions_cholesky", precision_shape(cov, s.K, s.D));
+  require_shape(log_prob, "log_prob", {s.N});
+  if (log_resp) require_shape(*log_resp, "log_resp", {s.N, s.K});
+  const T *x = X.data(), *w = weights.data(), *mu = means.data(), *p = prec_chol.data();
+  T* lp = log_prob.mutable_data();
+  T* lr = log_resp ? carray<T>(*log_resp).mutable_data() : nullptr;
+  py::gil_scoped_release release;
+  genfast::gmm::log_resp<T>(s, cov, x, w, mu, p, lp, lr);
+}
+
+template <class T>
+void gmm_suff_stats(const carray<T>& X, const carray<T>& resp, bool resp_is_log,
+                    const std::string& covariance_type, carray<T>& nk, carray<T>& sums,
+                    carray<T>& scatter) {
+  using genfast::gmm::Covariance;
+  const auto cov = covariance_of(covariance_type);
+  require(X.ndim() == 2, "X must be 2-d (N, D)");
+  require(resp.ndim() == 2 && resp.shape(0) == X.shape(0), "resp must have shape (N, K) matching X");
+  const genfast::gmm::Shape s{X.shape(0), resp.shape(1), X.shape(1)};
+  require(s.K >= 1, "resp must have at least one component column");
+  require_shape(nk, "nk", {s.K});
+  require_shape(sums, "sums", {s.K, s.D});
+  require_shape(scatter, "scatter",
+                cov == Covariance::spherical ? std::vector<py::ssize_t>{s.K} : precision_shape(cov, s.K, s.D));
+  const T *x = X.data(), *r = resp.data();
+  T *n = nk.mutable_data(), *sm = sums.mutable_data(), *sc = scatter.mutable_data();
+  py::gil_scoped_release release;
+  genfast::gmm::suff_stats<T>(s, cov, x, r, resp_is_log, n, sm, sc);
+}
+
+template <class T> void bind_gmm(py::module_& m) {
+  m.def("gmm_log_resp", &gmm_log_resp<T>, py::arg("X").noconvert(), py::arg("weights").noconvert(),
+        py::arg("means").noconvert(), py::arg("precisions_cholesky").noconvert(),
+        py::arg("covariance_type"), py::arg("log_prob").noconvert(), py::arg("log_resp").noconvert(),
+        "Gaussian-mixture E-step: writes log_prob (and log_resp unless None).");
+  m.def("gmm_suff_stats", &gmm_suff_stats<T>, py::arg("X").noconvert(), py::arg("resp").noconvert(),
+        py::arg("resp_is_log"), py::arg("covariance_type"), py::arg("nk").noconvert(),
+        py::arg("sums").noconvert(), py::arg("scatter").noconvert(),
+        "Gaussian-mixture M-step statistics: writes nk, sums and the centred scatter.");
+}
+
 template <class T> void bind_kmeans(py::module_& m) {
   m.def("kmeans_assign", &kmeans_assign<T>, py::arg("X").noconvert(), py::arg("C").noconvert(),
         py::arg("labels").noconvert(), py::arg("sq_dist").noconvert(),
@@ -124,6 +198,8 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
   m.doc() = "genfast CPU kernels (C++17, OpenMP)";
   bind_kmeans<float>(m);
   bind_kmeans<double>(m);
+  bind_gmm<float>(m);
+  bind_gmm<double>(m);
   m.def("openmp_max_threads", [] { return omp_get_max_threads(); },
         "Threads an OpenMP parallel region would use now.");
   m.def("build_info", [] {

@@ -12,7 +12,9 @@ import numpy as np
 
 from . import _backend as be
 
-__all__ = ["kmeans_assign", "kmeans_update", "kmeans_lloyd_step"]
+__all__ = ["kmeans_assign", "kmeans_update", "kmeans_lloyd_step", "gmm_log_resp", "gmm_suff_stats"]
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -215,3 +217,120 @@ def kmeans_lloyd_step(X, C, sample_weight=None, *, return_means: bool = True,
                                    be.host_view(labels), be.host_view(sq_dist),
                                    be.host_view(sums), be.host_view(wsum))
     return _unbatch(batched, labels, sq_dist, _means(sums, wsum) if return_means else sums, wsum)
+
+
+# ----------------------------------------------------------------------------- Gaussian mixtures
+def _covariance_type(covariance_type):
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}")
+    return covariance_type
+
+
+def _covariance_shape(covariance_type, K, D):
+    """Shape of the precision factors (and of the scatter) for each covariance type."""
+    return {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[covariance_type]
+
+
+def _points_2d(X, check_finite):
+    """(placement, X as 2-d (N, D)) for the Gaussian-mixture ops (no batch dimension)."""
+    place, X3, batched = _points(X, check_finite)
+    if batched:
+        raise ValueError(f"X must be 2-d (N, D), got shape {tuple(X3.shape)}")
+    return place, X3[0]
+
+
+def _require_host(place, op):
+    if place.cuda:
+        raise NotImplementedError(f"{op} has no CUDA kernel yet; pass CPU tensors or numpy arrays")
+
+
+def _param(name, value, place, dtype, shape, check_finite=True):
+    """A parameter array with X's dtype and placement, checked to have `shape`."""
+    be.same_placement("X", place, name, value)
+    value = be.as_float(name, value, dtype=dtype, check_finite=check_finite)
+    if tuple(value.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(value.shape)}")
+    return value
+
+
+def gmm_log_resp(X, weights, means, precisions_cholesky, covariance_type, *,
+                 return_log_resp: bool = False, check_finite: bool = True):
+    """Gaussian-mixture E-step: per-sample log-likelihood, optionally log-responsibilities.
+
+    log p(x_n) = logsumexp_k [log w_k - D/2 log(2 pi) + log det P_k - 1/2 ||(x_n - mu_k)^T P_k||^2]
+    in one fused pass over tiles of points; the (N, K) matrix is only formed when asked for.
+
+    Parameters
+    ----------
+    X : (N, D) array or tensor (float32 stays float32)
+    weights : (K,) non-negative mixture weights
+    means : (K, D)
+    precisions_cholesky : scikit-learn's ``precisions_cholesky_``: upper-triangular factors P
+        with precision = P P^T; full (K, D, D), tied (D, D), diag (K, D), spherical (K,).
+    covariance_type : 'full', 'tied', 'diag' or 'spherical'
+    return_log_resp : also return log p(k | x_n), shape (N, K)
+
+    Returns
+    -------
+    log_prob : (N,), or (log_prob, log_resp) when return_log_resp. A point whose every
+    component has probability 0 gets log_prob -inf and log_resp -inf (never NaN).
+    """
+    cov = _covariance_type(covariance_type)
+    place, X2 = _points_2d(X, check_finite)
+    _require_host(place, "gmm_log_resp")
+    (N, D), dtype = X2.shape, be.dtype_name(X2)
+    be.same_placement("X", place, "means", means)
+    means = be.as_float("means", means, dtype=dtype, check_finite=check_finite)
+    if means.ndim != 2 or means.shape[1] != D or means.shape[0] < 1:
+        raise ValueError(f"means must have shape (K, {D}) with K >= 1, got {tuple(means.shape)}")
+    K = means.shape[0]
+    weights = _param("weights", weights, place, dtype, (K,), check_finite)
+    prec = _param("precisions_cholesky", precisions_cholesky, place, dtype,
+                  _covariance_shape(cov, K, D), check_finite)
+    log_prob = be.empty(place, (N,), dtype)
+    log_resp = be.empty(place, (N, K), dtype) if return_log_resp else None
+    be._core.gmm_log_resp(be.host_view(X2), be.host_view(weights), be.host_view(means),
+                          be.host_view(prec), cov, be.host_view(log_prob),
+                          None if log_resp is None else be.host_view(log_resp))
+    return (log_prob, log_resp) if return_log_resp else log_prob
+
+
+def gmm_suff_stats(X, resp, covariance_type, *, log: bool = False, check_finite: bool = True):
+    """Gaussian-mixture M-step statistics, accumulated in float64, centred.
+
+    Parameters
+    ----------
+    X : (N, D) array or tensor
+    resp : (N, K) responsibilities r_nk >= 0, or log-responsibilities when ``log=True``
+    covariance_type : 'full', 'tied', 'diag' or 'spherical'
+
+    Returns
+    -------
+    nk : (K,) sum_n r_nk
+    sums : (K, D) sum_n r_nk x_n
+    scatter : sum_n r_nk (x_n - mu_k)(x_n - mu_k)^T about mu_k = sums_k / (nk_k + 10 eps),
+        summed in a second pass (never E[x x^T] - mu mu^T, so float32 data far from the origin
+        keeps positive variances): full (K, D, D); tied (D, D), summed over components;
+        diag (K, D), its diagonal; spherical (K,), its trace.
+    Bitwise the same for any number of threads.
+    """
+    cov = _covariance_type(covariance_type)
+    place, X2 = _points_2d(X, check_finite)
+    _require_host(place, "gmm_suff_stats")
+    (N, D), dtype = X2.shape, be.dtype_name(X2)
+    be.same_placement("X", place, "resp", resp)
+    # log-responsibilities may hold -inf (probability 0); NaN and +inf are never valid.
+    resp = be.as_float("resp", resp, dtype=dtype, check_finite=check_finite and not log)
+    if resp.ndim != 2 or resp.shape[0] != N or resp.shape[1] < 1:
+        raise ValueError(f"resp must have shape ({N}, K) with K >= 1 to match X, got {tuple(resp.shape)}")
+    if bool((resp != resp).any()) or bool((resp == float("inf")).any()):
+        raise ValueError("resp contains NaN or +infinity")
+    if not log and bool((resp < 0).any()):
+        raise ValueError("resp must be non-negative (pass log=True for log-responsibilities)")
+    K = resp.shape[1]
+    nk = be.empty(place, (K,), dtype)
+    sums = be.empty(place, (K, D), dtype)
+    scatter = be.empty(place, _covariance_shape(cov, K, D), dtype)
+    be._core.gmm_suff_stats(be.host_view(X2), be.host_view(resp), bool(log), cov,
+                            be.host_view(nk), be.host_view(sums), be.host_view(scatter))
+    return nk, sums, scatter

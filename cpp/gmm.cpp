@@ -1,0 +1,285 @@
+// genfast Gaussian-mixture CPU kernels: fused E-step (Mahalanobis terms, log determinants,
+// log weights, log-sum-exp) and centred M-step statistics.
+#include "gmm.hpp"
+
+#include <genfast/simd.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "blocked_sum.hpp"
+
+namespace genfast::gmm {
+namespace {
+
+/// E-step tile: `vectors` SIMD vectors of points, one point per lane, so that every
+/// per-component step is a vector operation over points.
+template <class T> struct Tile {
+  using V = simd::vec_t<T>;
+  static constexpr int lanes = simd::vector<T>::lanes;
+  static constexpr int vectors = 4;
+  static constexpr int points = lanes * vectors;
+};
+
+/// exp of each lane (IEEE: exp(-inf) = 0).
+template <class V> V exp_lanes(V v) {
+  for (int l = 0; l < simd::lanes_of<V>; ++l) v[l] = std::exp(v[l]);
+  return v;
+}
+
+/// log of each lane (log(0) = -inf).
+template <class V> V log_lanes(V v) {
+  for (int l = 0; l < simd::lanes_of<V>; ++l) v[l] = std::log(v[l]);
+  return v;
+}
+
+std::string component(int64_t k) { return "component " + std::to_string(k); }
+
+/// Checks weights and precision factors; returns each component's log w_k + log det P_k
+/// - D/2 log(2 pi), the part of log w_k N(x | k) that does not depend on x.
+template <class T>
+std::vector<double> component_constants(const Shape& s, Covariance cov, const T* weights,
+                                        const T* P) {
+  std::vector<double> c(size_t(s.K));
+  for (int64_t k = 0; k < s.K; ++k) {
+    if (!(weights[k] >= 0))
+      throw std::invalid_argument("weights must be non-negative; " + component(k) + " has " +
+                                  std::to_string(double(weights[k])));
+    double log_det = 0;  // log det P_k = sum of the logs of the factor's diagonal
+    switch (cov) {
+      case Covariance::full:
+      case Covariance::tied: {
+        const T* Pk = P + (cov == Covariance::full ? k * s.D * s.D : 0);
+        const std::string who = cov == Covariance::full ? "precisions_cholesky[" + std::to_string(k) + "]"
+                                                        : std::string("precisions_cholesky");
+        for (int64_t i = 0; i < s.D; ++i) {
+          if (!(Pk[i * s.D + i] > 0))
+            throw std::invalid_argument(who + " must have a positive diagonal");
+          for (int64_t j = 0; j < i; ++j)
+            if (Pk[i * s.D + j] != 0)
+              throw std::invalid_argument(who + " must be upper triangular (scikit-learn's precisions_cholesky_ layout)");
+          log_det += std::log(double(Pk[i * s.D + i]));
+        }
+        break;
+      }
+      case Covariance::diag:
+        for (int64_t d = 0; d < s.D; ++d) {
+          if (!(P[k * s.D + d] > 0))
+            throw std::invalid_argument("precisions_cholesky must be positive; " + component(k) + " is not");
+          log_det += std::log(double(P[k * s.D + d]));
+        }
+        break;
+      case Covariance::spherical:
+        if (!(P[k] > 0))
+          throw std::invalid_argument("precisions_cholesky must be positive; " + component(k) + " is not");
+        log_det = double(s.D) * std::log(double(P[k]));
+        break;
+    }
+    c[size_t(k)] = log_gauss_const(s.D) + log_det + std::log(double(weights[k]));
+  }
+  return c;
+}
+
+/// ||(x - mu_k)^T P_k||^2 for the tile's points, one lane per point.
+/// @param[in]  xt    [D][vectors] the tile's points, transposed
+/// @param[out] diff  [D][vectors] scratch
+/// @param[out] maha  [vectors]
+template <class T>
+void mahalanobis(const Shape& s, Covariance cov, int64_t k, const T* means, const T* P,
+                 const simd::vec_t<T>* xt, simd::vec_t<T>* diff, simd::vec_t<T>* maha) {
+  using V = simd::vec_t<T>;
+  constexpr int R = Tile<T>::vectors;
+  const T* mu = means + k * s.D;
+  for (int r = 0; r < R; ++r) maha[r] = V{};
+  switch (cov) {
+    case Covariance::full:
+    case Covariance::tied: {
+      const T* Pk = P + (cov == Covariance::full ? k * s.D * s.D : 0);
+      for (int64_t d = 0; d < s.D; ++d)
+        for (int r = 0; r < R; ++r) diff[d * R + r] = xt[d * R + r] - mu[d];
+      // y_j = sum_{d <= j} (x_d - mu_d) P[d][j] (P upper triangular); maha = sum_j y_j^2
+      for (int64_t j = 0; j < s.D; ++j) {
+        V y[R] = {};
+        for (int64_t d = 0; d <= j; ++d) {
+          const T p = Pk[d * s.D + j];
+          for (int r = 0; r < R; ++r) y[r] += diff[d * R + r] * p;
+        }
+        for (int r = 0; r < R; ++r) maha[r] += y[r] * y[r];
+      }
+      break;
+    }
+    case Covariance::diag: {
+      const T* p = P + k * s.D;
+      // maha = sum_d ((x_d - mu_d) / sigma_d)^2
+      for (int64_t d = 0; d < s.D; ++d)
+        for (int r = 0; r < R; ++r) {
+          const V t = (xt[d * R + r] - mu[d]) * p[d];
+          maha[r] += t * t;
+        }
+      break;
+    }
+    case Covariance::spherical: {
+      // maha = ||x - mu||^2 / sigma^2
+      for (int64_t d = 0; d < s.D; ++d)
+        for (int r = 0; r < R; ++r) {
+          const V t = xt[d * R + r] - mu[d];
+          maha[r] += t * t;
+        }
+      for (int r = 0; r < R; ++r) maha[r] *= P[k] * P[k];
+      break;
+    }
+  }
+}
+
+}  // namespace
+
+template <class T>
+void log_resp(const Shape& s, Covariance cov, const T* X, const T* weights, const T* means,
+              const T* prec_chol, T* log_prob, T* log_resp) {
+  using V = simd::vec_t<T>;
+  constexpr int L = Tile<T>::lanes, R = Tile<T>::vectors, P = Tile<T>::points;
+  if (s.K < 1) throw std::invalid_argument("need at least one component");
+  const std::vector<double> constants = component_constants(s, cov, weights, prec_chol);
+  if (s.N == 0) return;
+  const int64_t tiles = (s.N + P - 1) / P;
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+
+#pragma omp parallel
+  {
+    std::vector<V> xt(size_t(s.D * R)), diff(size_t(s.D * R)), joint(size_t(s.K * R));
+#pragma omp for schedule(dynamic)
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+      const int64_t i0 = tile * P, n = std::min<int64_t>(P, s.N - i0);
+      // Transpose the tile; a short last tile repeats its last point (results discarded).
+      for (int p = 0; p < P; ++p) {
+        const T* x = X + (i0 + std::min<int64_t>(p, n - 1)) * s.D;
+        for (int64_t d = 0; d < s.D; ++d) xt[size_t(d * R + p / L)][p % L] = x[d];
+      }
+      // log w_k N(x | k) = constant_k - maha / 2
+      for (int64_t k = 0; k < s.K; ++k) {
+        V maha[R];
+        mahalanobis<T>(s, cov, k, means, prec_chol, xt.data(), diff.data(), maha);
+        for (int r = 0; r < R; ++r) joint[size_t(k * R + r)] = T(constants[size_t(k)]) - T(0.5) * maha[r];
+      }
+      // log p(x) = m + log sum_k exp(joint_k - m), m = max_k joint_k (0 if all are -inf, so
+      // that an all -inf point gives log(0) = -inf instead of -inf - -inf = NaN).
+      V lp[R];
+      for (int r = 0; r < R; ++r) {
+        V m = simd::broadcast<V>(neg_inf);
+        for (int64_t k = 0; k < s.K; ++k) m = joint[size_t(k * R + r)] > m ? joint[size_t(k * R + r)] : m;
+        m = m == neg_inf ? V{} : m;
+        V sum{};
+        for (int64_t k = 0; k < s.K; ++k) sum += exp_lanes(joint[size_t(k * R + r)] - m);
+        lp[r] = m + log_lanes(sum);
+      }
+      for (int64_t p = 0; p < n; ++p) {
+        const T lpp = lp[p / L][p % L];
+        log_prob[i0 + p] = lpp;
+        if (log_resp) {
+          // log p(k | x) = log w_k N(x | k) - log p(x); -inf for a point of probability 0.
+          T* out = log_resp + (i0 + p) * s.K;
+          for (int64_t k = 0; k < s.K; ++k)
+            out[k] = lpp == neg_inf ? neg_inf : joint[size_t(k * R + p / L)][p % L] - lpp;
+        }
+      }
+    }
+  }
+}
+
+template <class T>
+void suff_stats(const Shape& s, Covariance cov, const T* X, const T* resp, bool resp_is_log,
+                T* nk, T* sums, T* scatter) {
+  using A = accumulate_t<T>;
+  const int64_t K = s.K, D = s.D;
+  // Responsibility r_nk (from its log when given in log space).
+  const auto r_of = [&](int64_t i, int64_t k) {
+    const A v = A(resp[i * K + k]);
+    return resp_is_log ? std::exp(v) : v;
+  };
+  int64_t unused = 0;
+
+  // Pass 1: N_k = sum_n r_nk and sums_k = sum_n r_nk x_n.
+  const auto first = blocked_sum<A>(1, s.N, K + K * D, [&](int64_t, int64_t i0, int64_t i1, A* acc) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* x = X + i * D;
+      for (int64_t k = 0; k < K; ++k) {
+        const A r = r_of(i, k);
+        if (r == 0) continue;
+        acc[k] += r;
+        A* sk = acc + K + k * D;
+        for (int64_t d = 0; d < D; ++d) sk[d] += r * A(x[d]);
+      }
+    }
+    return int64_t(0);
+  }, unused);
+  std::vector<A> mu(size_t(K * D));
+  for (int64_t k = 0; k < K; ++k) {
+    nk[k] = T(first[size_t(k)]);
+    for (int64_t d = 0; d < D; ++d) {
+      const A sum = first[size_t(K + k * D + d)];
+      sums[k * D + d] = T(sum);
+      mu[size_t(k * D + d)] = sum / (first[size_t(k)] + empty_component_guard());
+    }
+  }
+
+  // Pass 2: scatter about mu_k, sum_n r_nk (x_n - mu_k)(x_n - mu_k)^T in the layout of cov.
+  const int64_t row = cov == Covariance::full ? K * D * D
+                      : cov == Covariance::tied ? D * D
+                      : cov == Covariance::diag ? K * D
+                                                : K;
+  const auto second = blocked_sum<A>(1, s.N, row, [&](int64_t, int64_t i0, int64_t i1, A* acc) {
+    std::vector<A> diff(static_cast<size_t>(D));
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* x = X + i * D;
+      for (int64_t k = 0; k < K; ++k) {
+        const A r = r_of(i, k);
+        if (r == 0) continue;
+        for (int64_t d = 0; d < D; ++d) diff[size_t(d)] = A(x[d]) - mu[size_t(k * D + d)];
+        switch (cov) {
+          case Covariance::full:
+          case Covariance::tied: {
+            // Upper triangle only; mirrored when written out.
+            A* S = acc + (cov == Covariance::full ? k * D * D : 0);
+            for (int64_t a = 0; a < D; ++a) {
+              const A ra = r * diff[size_t(a)];
+              for (int64_t b = a; b < D; ++b) S[a * D + b] += ra * diff[size_t(b)];
+            }
+            break;
+          }
+          case Covariance::diag:
+            for (int64_t d = 0; d < D; ++d) acc[k * D + d] += r * diff[size_t(d)] * diff[size_t(d)];
+            break;
+          case Covariance::spherical: {
+            A sq = 0;
+            for (int64_t d = 0; d < D; ++d) sq += diff[size_t(d)] * diff[size_t(d)];
+            acc[k] += r * sq;
+            break;
+          }
+        }
+      }
+    }
+    return int64_t(0);
+  }, unused);
+  if (cov == Covariance::full || cov == Covariance::tied) {
+    for (int64_t m = 0; m < row / (D * D); ++m)
+      for (int64_t a = 0; a < D; ++a)
+        for (int64_t b = 0; b < D; ++b)
+          scatter[m * D * D + a * D + b] = T(second[size_t(m * D * D + std::min(a, b) * D + std::max(a, b))]);
+  } else {
+    for (int64_t e = 0; e < row; ++e) scatter[e] = T(second[size_t(e)]);
+  }
+}
+
+#define GENFAST_INSTANTIATE(T)                                                                \
+  template void log_resp<T>(const Shape&, Covariance, const T*, const T*, const T*, const T*, \
+                            T*, T*);                                                          \
+  template void suff_stats<T>(const Shape&, Covariance, const T*, const T*, bool, T*, T*, T*);
+GENFAST_INSTANTIATE(float)
+GENFAST_INSTANTIATE(double)
+#undef GENFAST_INSTANTIATE
+
+}  // namespace genfast::gmm
