@@ -1,0 +1,217 @@
+"""genfast.ops.gmm_log_resp / gmm_suff_stats against genfast.reference on fresh inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from genfast import _core, ops, reference
+
+COVARIANCE_TYPES = reference.COVARIANCE_TYPES
+DTYPES = ["float32", "float64"]
+# (N, K, D): single point / component / feature, K = N, sizes off every SIMD tile (a tile is
+# 4 vectors of 8 float64 or 16 float32 points) and off the 8192-point summation blocks.
+SHAPES = {
+    "N1_K1_D1": (1, 1, 1),
+    "N1": (1, 4, 3),
+    "K1": (70, 1, 5),
+    "K=N": (9, 9, 2),
+    "D1": (130, 3, 1),
+    "odd": (257, 7, 13),
+    "tile+1": (65, 5, 4),
+    "two_blocks": (8193, 3, 3),
+}
+RTOL = {"float32": 2e-5, "float64": 1e-12}
+
+
+def random_mixture(rng, K, D, covariance_type):
+    """Valid parameters: Dirichlet weights, means near the data, well-conditioned factors."""
+    weights = rng.dirichlet(np.ones(K))
+    means = rng.normal(size=(K, D))
+
+    def factor():  # upper triangular, positive diagonal
+        return np.triu(rng.normal(scale=0.3, size=(D, D)), 1) + np.diag(rng.uniform(0.5, 2.0, D))
+
+    prec = {
+        "full": lambda: np.stack([factor() for _ in range(K)]),
+        "tied": factor,
+        "diag": lambda: rng.uniform(0.5, 2.0, (K, D)),
+        "spherical": lambda: rng.uniform(0.5, 2.0, K),
+    }[covariance_type]()
+    return weights, means, prec
+
+
+def scatter_shape(covariance_type, K, D):
+    return {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[covariance_type]
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b)) / max(1.0, np.max(np.abs(b)))) if b.size else 0.0
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kernels_match_reference_and_write_every_output(rng, seed, shape, covariance_type, dtype):
+    N, K, D = shape
+    weights, means, prec = (a.astype(dtype) for a in random_mixture(rng, K, D, covariance_type))
+    X = rng.normal(scale=1.5, size=(N, D)).astype(dtype)
+    # Outputs poisoned with NaN: any element the kernel does not write fails the comparison.
+    log_prob = np.full(N, np.nan, dtype)
+    log_resp = np.full((N, K), np.nan, dtype)
+    _core.gmm_log_resp(X, weights, means, prec, covariance_type, log_prob, log_resp)
+    ref_lp, ref_lr = reference.gmm_log_resp(X, weights, means, prec, covariance_type)
+    assert rel_err(log_prob, ref_lp) < RTOL[dtype], f"seed={seed}"
+    assert np.max(np.abs(log_resp - ref_lr)) < 1e4 * RTOL[dtype], f"seed={seed}"
+
+    resp = np.exp(ref_lr).astype(dtype)
+    nk, sums = np.full(K, np.nan, dtype), np.full((K, D), np.nan, dtype)
+    scatter = np.full(scatter_shape(covariance_type, K, D), np.nan, dtype)
+    _core.gmm_suff_stats(X, resp, False, covariance_type, nk, sums, scatter)
+    ref = reference.gmm_suff_stats(X, resp, covariance_type)
+    for name, got, want in zip(("nk", "sums", "scatter"), (nk, sums, scatter), ref):
+        assert rel_err(got, want) < RTOL[dtype], f"{name} seed={seed}"
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_ops_return_the_input_kind_and_dtype(rng, seed, covariance_type, kind):
+    N, K, D = 123, 4, 6
+    weights, means, prec = random_mixture(rng, K, D, covariance_type)
+    X = rng.normal(size=(N, D)).astype(np.float32)
+    args = [X, weights.astype(np.float32), means.astype(np.float32), prec.astype(np.float32)]
+    if kind == "torch":
+        torch = pytest.importorskip("torch")
+        args = [torch.from_numpy(a) for a in args]
+    log_prob, log_resp = ops.gmm_log_resp(*args, covariance_type, return_log_resp=True)
+    nk, sums, scatter = ops.gmm_suff_stats(args[0], log_resp, covariance_type, log=True)
+    for out, shape in ((log_prob, (N,)), (log_resp, (N, K)), (nk, (K,)), (sums, (K, D)),
+                       (scatter, scatter_shape(covariance_type, K, D))):
+        assert tuple(out.shape) == shape
+        assert str(out.dtype).endswith("float32"), f"seed={seed}"
+        assert (kind == "torch") == (type(out).__module__.startswith("torch"))
+    ref_lp, ref_lr = reference.gmm_log_resp(X, weights.astype(np.float32), means.astype(np.float32),
+                                            prec.astype(np.float32), covariance_type)
+    assert rel_err(np.asarray(log_prob), ref_lp) < RTOL["float32"], f"seed={seed}"
+    # The log-space and linear-space statistics agree.
+    lin = ops.gmm_suff_stats(X, np.exp(ref_lr).astype(np.float32), covariance_type)
+    for a, b in zip((nk, sums, scatter), lin):
+        assert rel_err(np.asarray(a), b) < 1e-5, f"seed={seed}"
+
+
+def test_log_prob_alone_matches_the_log_resp_pass(rng, seed):
+    weights, means, prec = random_mixture(rng, 6, 4, "full")
+    X = rng.normal(size=(500, 4))
+    alone = ops.gmm_log_resp(X, weights, means, prec, "full")
+    with_resp, _ = ops.gmm_log_resp(X, weights, means, prec, "full", return_log_resp=True)
+    assert np.array_equal(alone, with_resp), f"seed={seed}"
+
+
+def test_zero_probability_gives_minus_inf_never_nan(rng, seed):
+    weights, means, prec = random_mixture(rng, 3, 2, "diag")
+    X = rng.normal(size=(40, 2))
+    log_prob, log_resp = ops.gmm_log_resp(X, np.zeros(3), means, prec, "diag", return_log_resp=True)
+    assert np.all(log_prob == -np.inf) and np.all(log_resp == -np.inf), f"seed={seed}"
+    # A zero-weight component gets log responsibility -inf; the others stay finite.
+    weights[1] = 0
+    log_prob, log_resp = ops.gmm_log_resp(X, weights, means, prec, "diag", return_log_resp=True)
+    assert np.all(np.isfinite(log_prob)) and np.all(log_resp[:, 1] == -np.inf)
+    assert np.all(np.isfinite(log_resp[:, [0, 2]])), f"seed={seed}"
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_float32_far_from_origin_keeps_positive_variances(rng, seed, covariance_type):
+    # scikit-learn issue #30382: E[x^2] - mu^2 in float32 cancels for data offset by 1e4.
+    X = (1e4 + 0.01 * rng.normal(size=(20_000, 3))).astype(np.float32)
+    resp = rng.dirichlet(np.ones(2), size=len(X)).astype(np.float32)
+    nk, _, scatter = ops.gmm_suff_stats(X, resp, covariance_type)
+    _, _, ref = reference.gmm_suff_stats(X, resp, covariance_type)
+    variances = np.diagonal(scatter, axis1=-2, axis2=-1) if covariance_type in ("full", "tied") else scatter
+    assert np.all(variances > 0), f"seed={seed}"
+    assert rel_err(scatter, ref) < 1e-4, f"seed={seed}"
+
+
+def test_empty_component_has_zero_mean_and_scatter_not_nan(rng, seed):
+    X = rng.normal(size=(50, 3))
+    resp = np.zeros((50, 2))
+    resp[:, 0] = 1
+    nk, sums, scatter = ops.gmm_suff_stats(X, resp, "full")
+    assert nk[1] == 0 and np.all(sums[1] == 0) and np.all(scatter[1] == 0), f"seed={seed}"
+    assert np.all(np.isfinite(scatter)), f"seed={seed}"
+
+
+def test_statistics_do_not_depend_on_the_thread_count(rng, seed):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    X = rng.normal(size=(20_000, 5))
+    resp = rng.dirichlet(np.ones(4), size=len(X))
+    results = []
+    for threads in (1, 2):
+        with threadpoolctl.threadpool_limits(threads, user_api="openmp"):
+            results.append([ops.gmm_suff_stats(X, resp, ct) for ct in COVARIANCE_TYPES])
+    for a, b in zip(*results):
+        for x, y in zip(a, b):
+            assert np.array_equal(x, y), f"seed={seed}"
+
+
+def test_inputs_are_not_modified(rng):
+    weights, means, prec = random_mixture(rng, 3, 4, "full")
+    X = rng.normal(size=(100, 4))
+    copies = [a.copy() for a in (X, weights, means, prec)]
+    _, log_resp = ops.gmm_log_resp(X, weights, means, prec, "full", return_log_resp=True)
+    lr_copy = log_resp.copy()
+    ops.gmm_suff_stats(X, log_resp, "full", log=True)
+    for a, b in zip((X, weights, means, prec, log_resp), copies + [lr_copy]):
+        assert np.array_equal(a, b)
+
+
+def _bad_log_resp_cases(rng):
+    w, mu, P = random_mixture(rng, 3, 2, "full")
+    X = rng.normal(size=(10, 2))
+    nan_X = X.copy()
+    nan_X[0, 0] = np.nan
+    lower = P.copy()
+    lower[1, 1, 0] = 0.5
+    nonpos = P.copy()
+    nonpos[2, 1, 1] = 0.0
+    return {
+        "nan_X": ((nan_X, w, mu, P, "full"), ValueError, "X"),
+        "X_1d": ((X[0], w, mu, P, "full"), ValueError, "X"),
+        "X_strings": ((np.array([["a", "b"]]), w, mu, P, "full"), TypeError, "X"),
+        "empty_X": ((X[:0], w, mu, P, "full"), ValueError, "X"),
+        "means_D": ((X, w, mu[:, :1], P, "full"), ValueError, "means"),
+        "weights_shape": ((X, w[:2], mu, P, "full"), ValueError, "weights"),
+        "negative_weight": ((X, np.array([0.5, -0.1, 0.6]), mu, P, "full"), ValueError, "weights"),
+        "prec_shape": ((X, w, mu, P[:, :1], "full"), ValueError, "precisions_cholesky"),
+        "not_upper": ((X, w, mu, lower, "full"), ValueError, "precisions_cholesky"),
+        "not_positive_definite": ((X, w, mu, nonpos, "full"), ValueError, "precisions_cholesky"),
+        "diag_nonpositive": ((X, w, mu, -np.ones((3, 2)), "diag"), ValueError, "precisions_cholesky"),
+        "covariance_type": ((X, w, mu, P, "banana"), ValueError, "covariance_type"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_log_resp_cases(np.random.default_rng(0))))
+def test_gmm_log_resp_rejects_bad_input(rng, case):
+    args, error, name = _bad_log_resp_cases(rng)[case]
+    with pytest.raises(error, match=name):
+        ops.gmm_log_resp(*args)
+
+
+@pytest.mark.parametrize("case", ["nan", "negative", "shape", "K0", "strings", "covariance_type"])
+def test_gmm_suff_stats_rejects_bad_input(rng, case):
+    X = rng.normal(size=(10, 2))
+    resp = rng.dirichlet(np.ones(3), size=10)
+    if case == "nan":
+        resp[3, 1] = np.nan
+    elif case == "negative":
+        resp[3, 1] = -0.2
+    elif case == "shape":
+        resp = resp[:9]
+    elif case == "K0":
+        resp = resp[:, :0]
+    elif case == "strings":
+        resp = np.full((10, 3), "x")
+    covariance_type = "banana" if case == "covariance_type" else "full"
+    error = TypeError if case == "strings" else ValueError
+    with pytest.raises(error, match="covariance_type" if case == "covariance_type" else "resp"):
+        ops.gmm_suff_stats(X, resp, covariance_type)
