@@ -18,7 +18,7 @@ constexpr int64_t kSumBlockPoints = 8192;
 constexpr int64_t kSumPartialBytes = int64_t(32) << 20;
 constexpr int64_t kSumMaxWave = 64;
 
-/// Totals [B][row] over B problems of N points each. fill(b, i0, i1, acc) adds points
+/// Totals [B][row] over B problems of N points each (A: a scalar or a SIMD vector type). fill(b, i0, i1, acc) adds points
 /// [i0, i1) of problem b into the zeroed row acc[0, row) and returns how many points it had
 /// to skip (for example for an invalid label); the skips of all blocks are added into
 /// `skipped`.
@@ -28,7 +28,7 @@ std::vector<A> blocked_sum(int64_t B, int64_t N, int64_t row, Fill fill, int64_t
   const int64_t blocks = B * blocks_per_problem;
   const int64_t wave = std::clamp<int64_t>(
       kSumPartialBytes / std::max<int64_t>(1, row * int64_t(sizeof(A))), 1, kSumMaxWave);
-  std::vector<A> total(size_t(B * row), A(0));
+  std::vector<A> total(size_t(B * row), A{});
   std::vector<A> partial(size_t(std::min(wave, std::max<int64_t>(blocks, 1)) * row));
   int64_t skips = 0;
   for (int64_t first = 0; first < blocks; first += wave) {
@@ -38,7 +38,7 @@ std::vector<A> blocked_sum(int64_t B, int64_t N, int64_t row, Fill fill, int64_t
       const int64_t blk = first + j, b = blk / blocks_per_problem;
       const int64_t i0 = (blk % blocks_per_problem) * kSumBlockPoints;
       A* acc = &partial[size_t(j * row)];
-      std::fill(acc, acc + row, A(0));
+      std::fill(acc, acc + row, A{});
       skips += fill(b, i0, std::min(N, i0 + kSumBlockPoints), acc);
     }
     // Fold the wave's partials into each problem's total in block order.

@@ -194,83 +194,101 @@ template <class T>
 void suff_stats(const Shape& s, Covariance cov, const T* X, const T* resp, bool resp_is_log,
                 T* nk, T* sums, T* scatter) {
   using A = accumulate_t<T>;
+  using VA = simd::vec_t<A>;
+  constexpr int LA = simd::vector<A>::lanes;
   const int64_t K = s.K, D = s.D;
-  // Responsibility r_nk (from its log when given in log space).
-  const auto r_of = [&](int64_t i, int64_t k) {
-    const A v = A(resp[i * K + k]);
-    return resp_is_log ? std::exp(v) : v;
+  // Components run across SIMD lanes (r_n is contiguous over k): KV vectors cover K, and
+  // padding lanes carry r = 0, so every update below is one vector operation over components.
+  const int64_t KV = (K + LA - 1) / LA;
+  const auto load_resp = [&](int64_t i, VA* r) {
+    for (int64_t v = 0; v < KV; ++v) r[v] = VA{};
+    for (int64_t k = 0; k < K; ++k) {
+      const A value = A(resp[i * K + k]);
+      r[k / LA][k % LA] = resp_is_log ? std::exp(value) : value;
+    }
   };
+  const auto lane = [&](const VA* v, int64_t k) { return v[k / LA][k % LA]; };
   int64_t unused = 0;
 
-  // Pass 1: N_k = sum_n r_nk and sums_k = sum_n r_nk x_n.
-  const auto first = blocked_sum<A>(1, s.N, K + K * D, [&](int64_t, int64_t i0, int64_t i1, A* acc) {
+  // Pass 1: N_k = sum_n r_nk (row[0, KV)) and sums_dk = sum_n r_nk x_nd (row[KV + d KV + v]).
+  const auto first = blocked_sum<VA>(1, s.N, KV + D * KV, [&](int64_t, int64_t i0, int64_t i1, VA* acc) {
+    std::vector<VA> r(static_cast<size_t>(KV));
     for (int64_t i = i0; i < i1; ++i) {
+      load_resp(i, r.data());
       const T* x = X + i * D;
-      for (int64_t k = 0; k < K; ++k) {
-        const A r = r_of(i, k);
-        if (r == 0) continue;
-        acc[k] += r;
-        A* sk = acc + K + k * D;
-        for (int64_t d = 0; d < D; ++d) sk[d] += r * A(x[d]);
+      for (int64_t v = 0; v < KV; ++v) acc[v] += r[size_t(v)];
+      for (int64_t d = 0; d < D; ++d) {
+        const A xd = A(x[d]);
+        for (int64_t v = 0; v < KV; ++v) acc[KV + d * KV + v] += r[size_t(v)] * xd;
       }
     }
     return int64_t(0);
   }, unused);
-  std::vector<A> mu(size_t(K * D));
+  // mu_dk = sums_dk / (N_k + 10 eps), kept transposed: muT[d KV + v] holds mu_d of KV lanes.
+  std::vector<VA> muT(size_t(D * KV));
   for (int64_t k = 0; k < K; ++k) {
-    nk[k] = T(first[size_t(k)]);
+    const A n = lane(first.data(), k);
+    nk[k] = T(n);
     for (int64_t d = 0; d < D; ++d) {
-      const A sum = first[size_t(K + k * D + d)];
+      const A sum = lane(&first[size_t(KV + d * KV)], k);
       sums[k * D + d] = T(sum);
-      mu[size_t(k * D + d)] = sum / (first[size_t(k)] + empty_component_guard());
+      muT[size_t(d * KV + k / LA)][k % LA] = sum / (n + empty_component_guard());
     }
   }
 
-  // Pass 2: scatter about mu_k, sum_n r_nk (x_n - mu_k)(x_n - mu_k)^T in the layout of cov.
-  const int64_t row = cov == Covariance::full ? K * D * D
-                      : cov == Covariance::tied ? D * D
-                      : cov == Covariance::diag ? K * D
-                                                : K;
-  const auto second = blocked_sum<A>(1, s.N, row, [&](int64_t, int64_t i0, int64_t i1, A* acc) {
-    std::vector<A> diff(static_cast<size_t>(D));
+  // Pass 2: the scatter about mu_k. full/tied accumulate the upper triangle (a <= b) packed
+  // row by row, diag the D diagonal terms, spherical their sum; tied sums over k at the end.
+  const bool matrix = cov == Covariance::full || cov == Covariance::tied;
+  const int64_t terms = matrix ? D * (D + 1) / 2 : cov == Covariance::diag ? D : 1;
+  const auto second = blocked_sum<VA>(1, s.N, terms * KV, [&](int64_t, int64_t i0, int64_t i1, VA* acc) {
+    std::vector<VA> r(static_cast<size_t>(KV)), diff(static_cast<size_t>(D * KV)), rd(static_cast<size_t>(KV));
     for (int64_t i = i0; i < i1; ++i) {
+      load_resp(i, r.data());
       const T* x = X + i * D;
-      for (int64_t k = 0; k < K; ++k) {
-        const A r = r_of(i, k);
-        if (r == 0) continue;
-        for (int64_t d = 0; d < D; ++d) diff[size_t(d)] = A(x[d]) - mu[size_t(k * D + d)];
-        switch (cov) {
-          case Covariance::full:
-          case Covariance::tied: {
-            // Upper triangle only; mirrored when written out.
-            A* S = acc + (cov == Covariance::full ? k * D * D : 0);
-            for (int64_t a = 0; a < D; ++a) {
-              const A ra = r * diff[size_t(a)];
-              for (int64_t b = a; b < D; ++b) S[a * D + b] += ra * diff[size_t(b)];
-            }
-            break;
+      // x_d - mu_dk for every component: the centring that keeps float32 variances positive.
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t v = 0; v < KV; ++v) diff[size_t(d * KV + v)] = A(x[d]) - muT[size_t(d * KV + v)];
+      if (matrix) {
+        int64_t e = 0;
+        for (int64_t a = 0; a < D; ++a) {
+          for (int64_t v = 0; v < KV; ++v) rd[size_t(v)] = r[size_t(v)] * diff[size_t(a * KV + v)];
+          // S_ab += r (x_a - mu_a)(x_b - mu_b), b >= a
+          for (int64_t b = a; b < D; ++b, ++e)
+            for (int64_t v = 0; v < KV; ++v) acc[e * KV + v] += rd[size_t(v)] * diff[size_t(b * KV + v)];
+        }
+      } else if (cov == Covariance::diag) {
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t v = 0; v < KV; ++v) {
+            const VA t = diff[size_t(d * KV + v)];
+            acc[d * KV + v] += r[size_t(v)] * t * t;
           }
-          case Covariance::diag:
-            for (int64_t d = 0; d < D; ++d) acc[k * D + d] += r * diff[size_t(d)] * diff[size_t(d)];
-            break;
-          case Covariance::spherical: {
-            A sq = 0;
-            for (int64_t d = 0; d < D; ++d) sq += diff[size_t(d)] * diff[size_t(d)];
-            acc[k] += r * sq;
-            break;
-          }
+      } else {
+        for (int64_t v = 0; v < KV; ++v) {
+          VA sq{};
+          for (int64_t d = 0; d < D; ++d) sq += diff[size_t(d * KV + v)] * diff[size_t(d * KV + v)];
+          acc[v] += r[size_t(v)] * sq;
         }
       }
     }
     return int64_t(0);
   }, unused);
-  if (cov == Covariance::full || cov == Covariance::tied) {
-    for (int64_t m = 0; m < row / (D * D); ++m)
-      for (int64_t a = 0; a < D; ++a)
-        for (int64_t b = 0; b < D; ++b)
-          scatter[m * D * D + a * D + b] = T(second[size_t(m * D * D + std::min(a, b) * D + std::max(a, b))]);
+
+  if (matrix) {
+    std::vector<A> upper(static_cast<size_t>(terms));  // the packed upper triangle of one output matrix
+    for (int64_t m = 0; m < (cov == Covariance::full ? K : 1); ++m) {
+      for (int64_t e = 0; e < terms; ++e) {
+        A value = 0;  // tied: the components' scatters added in k order
+        for (int64_t k = (cov == Covariance::full ? m : 0); k < (cov == Covariance::full ? m + 1 : K); ++k)
+          value += lane(&second[size_t(e * KV)], k);
+        upper[size_t(e)] = value;
+      }
+      for (int64_t a = 0, e = 0; a < D; ++a)
+        for (int64_t b = a; b < D; ++b, ++e)
+          scatter[m * D * D + a * D + b] = scatter[m * D * D + b * D + a] = T(upper[size_t(e)]);
+    }
   } else {
-    for (int64_t e = 0; e < row; ++e) scatter[e] = T(second[size_t(e)]);
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t t = 0; t < terms; ++t) scatter[k * terms + t] = T(lane(&second[size_t(t * KV)], k));
   }
 }
 
