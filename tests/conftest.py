@@ -80,6 +80,132 @@ SQ_DIST_RTOL = {"float32": 1e-5, "float64": 1e-12}
 SUMS_RTOL = {"float32": 1e-5, "float64": 1e-12}
 
 
+# (B, N, K, D) problem shapes for the kernel-vs-reference tests of kmeans_assign and
+# kmeans_update (tests/test_kmeans_ops.py, every array kind); B None = unbatched.
+# CPU: float32 AVX-512 panels hold 32 centres, float64 16; register tiles hold 6 or 8 points;
+# assignment chunks are 256 points; centre blocks are ~192 KiB of packed centres (176 float64
+# / 352 float32 centres at D=130); update sums run over fixed blocks of 8192 points.
+# CUDA: N5000_K70 needs many thread blocks.
+SHAPES = {
+    "N1_K1_D1": (None, 1, 1, 1),
+    "N1": (None, 1, 7, 3),
+    "N1_K5": (None, 1, 5, 3),
+    "K1": (None, 50, 1, 5),
+    "K1_D4": (None, 50, 1, 4),
+    "K=N": (None, 33, 33, 7),
+    "N257_K33_D7": (None, 257, 33, 7),
+    "K31": (None, 100, 31, 4),
+    "K32": (None, 100, 32, 4),
+    "K65": (None, 100, 65, 9),
+    "D1": (None, 300, 17, 1),
+    "D1_K65": (None, 300, 65, 1),
+    "D130": (None, 70, 40, 130),
+    "D130_K31": (None, 120, 31, 130),
+    "D130_K400_blocks": (None, 40, 400, 130),
+    "N5000_K70": (None, 5000, 70, 16),
+    "N8200_two_blocks": (None, 8200, 5, 3),
+    "B3": (3, 50, 9, 7),
+    "B2_N257_K65": (2, 257, 65, 3),
+    "B2_D130_K33": (2, 9, 33, 130),
+    "B2_N8193": (2, 8193, 4, 2),
+    "B4_N1_K1_D1": (4, 1, 1, 1),
+}
+
+
+def torch_or_skip():
+    """The torch module, or skip the test where torch is not installed."""
+    return pytest.importorskip("torch")
+
+
+def cuda_device():
+    """The current CUDA device, where as_kind("cuda", ...) puts its tensors by default."""
+    torch = torch_or_skip()
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def as_kind(kind, *arrays, device=None):
+    """The arrays as numpy arrays (kind "numpy"), torch CPU tensors ("torch") or torch CUDA
+    tensors ("cuda", on `device`, default the current CUDA device); None passes through."""
+    if kind == "numpy":
+        return arrays
+    torch = torch_or_skip()
+    if kind == "torch":
+        device = torch.device("cpu")
+    elif kind == "cuda":
+        device = device or cuda_device()
+    else:
+        raise ValueError(f"unknown array kind {kind!r}")
+    return tuple(None if a is None else torch.from_numpy(np.array(a, copy=True)).to(device) for a in arrays)
+
+
+def check_kind(kind, out, dtype, shape, *, seed, what, device=None):
+    """out is a numpy array / torch CPU tensor / torch CUDA tensor (on `device`, default the
+    current CUDA device, i.e. where as_kind put the inputs) of the given dtype name and shape."""
+    msg = f"{what}: seed={seed}"
+    if kind == "numpy":
+        assert isinstance(out, np.ndarray), f"{msg}: expected numpy, got {type(out)}"
+        assert out.dtype == np.dtype(dtype), f"{msg}: dtype {out.dtype} != {dtype}"
+    else:
+        torch = torch_or_skip()
+        assert isinstance(out, torch.Tensor), f"{msg}: expected torch.Tensor, got {type(out)}"
+        assert out.dtype == getattr(torch, dtype), f"{msg}: dtype {out.dtype} != {dtype}"
+        if kind == "cuda":
+            expected = device or cuda_device()
+            assert out.device == expected, f"{msg}: on {out.device}, input on {expected}"
+        else:
+            assert out.device.type == "cpu", f"{msg}: on {out.device}, input on the CPU"
+    assert tuple(out.shape) == tuple(shape), f"{msg}: shape {tuple(out.shape)} != {shape}"
+
+
+def random_labels(rng, B, N, K):
+    """Labels in [0, K) that (for K > 1) leave about a third of the clusters empty."""
+    lead = () if B is None else (B,)
+    if K > 1:
+        used = rng.choice(K, size=max(1, K - K // 3), replace=False)
+        return used[rng.integers(0, len(used), size=lead + (N,))].astype(np.int64)
+    return rng.integers(0, K, size=lead + (N,)).astype(np.int64)
+
+
+def random_weights(rng, B, N, mode, dtype):
+    """None, a (N,) vector or a (B, N) array of non-negative weights with some exact zeros."""
+    if mode is None:
+        return None
+    shape = (N,) if mode == "N" else (B, N)
+    w = rng.uniform(0.0, 3.0, size=shape)
+    w[rng.random(shape) < 0.1] = 0.0
+    return w.astype(dtype)
+
+
+def random_update_problem(rng, shape, wmode, dtype):
+    """(X, labels, sample_weight) numpy inputs of kmeans_update for shape (B, N, K, D): labels
+    from random_labels, weights from random_weights with mode wmode (None: no weights)."""
+    B, N, K, _ = shape
+    X, _ = random_problem(rng, shape, dtype)
+    return X, random_labels(rng, B, N, K), random_weights(rng, B, N, wmode, dtype)
+
+
+# (B, N, K, D) shapes for the raw-binding tests that poison every output (_core in
+# test_kmeans_ops.py, the raw-pointer _cuda API in test_cuda.py).
+WRITE_ASSIGN_SHAPES = {
+    "N1_K1_D1": (1, 1, 1, 1),
+    "N257_K33": (1, 257, 33, 7),
+    "K65_D130": (1, 100, 65, 130),
+    "B3_K65_D130": (3, 100, 65, 130),
+    "B3_K31": (3, 50, 31, 5),
+    "B2_K400_D130": (2, 9, 400, 130),
+    "K1_D1": (1, 300, 1, 1),
+    "N5000_K1_D1": (1, 5000, 1, 1),
+}
+WRITE_UPDATE_SHAPES = {
+    "N1_K1_D1": (1, 1, 1, 1),
+    "N257_K33": (1, 257, 33, 7),
+    "B3_D130": (3, 50, 9, 130),
+    "B2_N8193": (2, 8193, 5, 3),
+    "B2_N20000": (2, 20_000, 5, 3),
+    "K40_N10_mostly_empty": (1, 10, 40, 2),
+}
+
+
 def to_np(a):
     """numpy copy of a numpy array or a (CPU or CUDA) torch tensor."""
     if hasattr(a, "detach"):

@@ -1,11 +1,14 @@
-"""genfast.ops k-means kernels (CPU: numpy arrays and torch CPU tensors) against
-genfast.reference on fresh random inputs.
+"""genfast.ops k-means kernels against genfast.reference on fresh random inputs, for every
+array kind: numpy arrays, torch CPU tensors and (marked `gpu`, skipped without a usable
+CUDA device) torch CUDA tensors.
 
 Covers: kmeans_assign / kmeans_update / kmeans_lloyd_step on awkward shapes (N=1, K=1, K=N,
 D=1, sizes off every tile, D=130, several centre blocks, several update blocks and waves,
-batched B>1), float32/float64, numpy and torch in -> same kind out; every output element
-written (raw _core bindings with poisoned outputs); tie-breaking to the lowest index;
-thread-count determinism; inputs never modified; argument validation.
+many CUDA thread blocks, batched B>1), float32/float64, each kind in -> same kind out (on
+the input's device); every output element written (raw _core bindings with poisoned
+outputs); tie-breaking to the lowest index; thread-count determinism; inputs never
+modified; argument validation. CUDA-only behaviour (streams, devices, the raw _cuda API,
+run-to-run determinism, KMeans on CUDA) is in test_cuda.py.
 """
 
 from __future__ import annotations
@@ -13,97 +16,32 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import (
+    SHAPES,
+    WRITE_ASSIGN_SHAPES,
+    WRITE_UPDATE_SHAPES,
+    as_kind,
     assert_assign_matches,
     assert_update_matches,
+    check_kind,
+    random_labels,
     random_problem,
+    random_update_problem,
+    random_weights,
     to_np,
+    torch_or_skip,
 )
 
 from genfast import _core, ops, reference
 
 DTYPES = ["float32", "float64"]
-KINDS = ["numpy", "torch"]
-
-# (B, N, K, D); B None = unbatched. Float32 AVX-512 panels hold 32 centres, float64 16;
-# register tiles hold 6 or 8 points; assignment chunks are 256 points; centre blocks are
-# ~192 KiB of packed centres (176 float64 / 352 float32 centres at D=130).
-ASSIGN_SHAPES = {
-    "N1_K1_D1": (None, 1, 1, 1),
-    "N1": (None, 1, 7, 3),
-    "K1": (None, 50, 1, 5),
-    "K=N": (None, 33, 33, 7),
-    "N257_K33_D7": (None, 257, 33, 7),
-    "K31": (None, 100, 31, 4),
-    "K32": (None, 100, 32, 4),
-    "K65": (None, 100, 65, 9),
-    "D1": (None, 300, 17, 1),
-    "D130": (None, 70, 40, 130),
-    "D130_K400_blocks": (None, 40, 400, 130),
-    "B3": (3, 50, 9, 7),
-    "B2_N257_K65": (2, 257, 65, 3),
-    "B4_N1_K1_D1": (4, 1, 1, 1),
-    "B2_D130_K33": (2, 9, 33, 130),
-}
-
-# Update sums run over fixed blocks of 8192 points.
-UPDATE_SHAPES = {
-    "N1_K1_D1": (None, 1, 1, 1),
-    "N1": (None, 1, 5, 3),
-    "K1": (None, 50, 1, 4),
-    "K=N": (None, 33, 33, 7),
-    "N257_K33_D7": (None, 257, 33, 7),
-    "D1_K65": (None, 300, 65, 1),
-    "D130_K31": (None, 120, 31, 130),
-    "N8200_two_blocks": (None, 8200, 5, 3),
-    "B3": (3, 50, 9, 7),
-    "B2_N8193": (2, 8193, 4, 2),
-    "B4_N1_K1_D1": (4, 1, 1, 1),
-}
+KINDS = ["numpy", "torch", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
-def _torch():
-    return pytest.importorskip("torch")
-
-
-def as_kind(kind, *arrays):
-    """The arrays as numpy arrays or torch CPU tensors (None passes through)."""
-    if kind == "numpy":
-        return arrays
-    torch = _torch()
-    return tuple(None if a is None else torch.from_numpy(np.array(a, copy=True)) for a in arrays)
-
-
-def check_kind(kind, out, dtype, shape, *, seed, what):
-    """out is a numpy array / torch CPU tensor of the given dtype name and shape."""
-    msg = f"{what}: seed={seed}"
-    if kind == "numpy":
-        assert isinstance(out, np.ndarray), f"{msg}: expected numpy, got {type(out)}"
-        assert out.dtype == np.dtype(dtype), f"{msg}: dtype {out.dtype} != {dtype}"
-    else:
-        torch = _torch()
-        assert isinstance(out, torch.Tensor), f"{msg}: expected torch.Tensor, got {type(out)}"
-        assert out.dtype == getattr(torch, dtype), f"{msg}: dtype {out.dtype} != {dtype}"
-        assert out.device.type == "cpu", msg
-    assert tuple(out.shape) == tuple(shape), f"{msg}: shape {tuple(out.shape)} != {shape}"
-
-
-def random_labels(rng, B, N, K):
-    """Labels in [0, K) that (for K > 1) leave about a third of the clusters empty."""
-    lead = () if B is None else (B,)
-    if K > 1:
-        used = rng.choice(K, size=max(1, K - K // 3), replace=False)
-        return used[rng.integers(0, len(used), size=lead + (N,))].astype(np.int64)
-    return rng.integers(0, K, size=lead + (N,)).astype(np.int64)
-
-
-def random_weights(rng, B, N, mode, dtype):
-    """None, a (N,) vector or a (B, N) array of non-negative weights with some exact zeros."""
-    if mode is None:
-        return None
-    shape = (N,) if mode == "N" else (B, N)
-    w = rng.uniform(0.0, 3.0, size=shape)
-    w[rng.random(shape) < 0.1] = 0.0
-    return w.astype(dtype)
+def _with_wmodes(shapes):
+    """(shape, weight mode) params: no weights and (N,) weights, plus (B, N) when batched."""
+    for name, shape in shapes.items():
+        for mode in [None, "N"] + (["BN"] if shape[0] is not None else []):
+            yield pytest.param(shape, mode, id=f"{name}-w{mode}")
 
 
 # =========================================================================== kmeans_assign
@@ -111,7 +49,7 @@ def random_weights(rng, B, N, mode, dtype):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", ASSIGN_SHAPES.values(), ids=ASSIGN_SHAPES.keys())
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 def test_assign_matches_reference(shape, dtype, kind, rng, seed):
     X, C = random_problem(rng, shape, dtype)
     Xk, Ck = as_kind(kind, X, C)
@@ -173,41 +111,44 @@ def test_assign_dtype_conversion(kind, rng, seed):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_assign_non_contiguous_inputs(kind, dtype, rng, seed):
+@pytest.mark.parametrize("N", [90, 400])
+def test_assign_non_contiguous_inputs(N, kind, dtype, rng, seed):
     """Strided / Fortran-ordered inputs give the same result as their contiguous copies."""
-    X, C = random_problem(rng, (None, 90, 20, 6), dtype)
-    Xf = np.asfortranarray(X)
-    Cs = np.repeat(C, 2, axis=0)[::2]  # a strided view equal to C
-    assert not Cs.flags.c_contiguous
-    if kind == "torch":
-        torch = _torch()
-        Xk = torch.from_numpy(np.ascontiguousarray(X.T)).T  # transposed view
-        Ck = torch.from_numpy(np.repeat(C, 2, axis=0))[::2]
-        assert not Xk.is_contiguous() and not Ck.is_contiguous()
+    X, C = random_problem(rng, (None, N, 20, 6), dtype)
+    if kind == "numpy":
+        Xk = np.asfortranarray(X)
+        Ck = np.repeat(C, 2, axis=0)[::2]  # a strided view equal to C
+        assert not Ck.flags.c_contiguous
     else:
-        Xk, Ck = Xf, Cs
+        Xk = as_kind(kind, np.ascontiguousarray(X.T))[0].T  # transposed view
+        Ck = as_kind(kind, np.repeat(C, 2, axis=0))[0][::2]
+        assert not Xk.is_contiguous() and not Ck.is_contiguous()
     labels, sq_dist = ops.kmeans_assign(Xk, Ck)
-    ref_labels, ref_sq = ops.kmeans_assign(X, C)
+    # CPU kinds: bitwise the numpy result; CUDA: bitwise the result for contiguous CUDA copies.
+    contiguous = as_kind(kind, X, C) if kind == "cuda" else (X, C)
+    ref_labels, ref_sq = (to_np(a) for a in ops.kmeans_assign(*contiguous))
     np.testing.assert_array_equal(to_np(labels), ref_labels, err_msg=f"seed={seed}")
     np.testing.assert_array_equal(to_np(sq_dist), ref_sq, err_msg=f"seed={seed}")
     assert_assign_matches(X, C, labels, sq_dist, seed=seed)
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(3, 50, 9, 7), (2, 257, 65, 130), (5, 1, 3, 2)], ids=["B3", "B2_D130", "B5_N1"])
-def test_assign_batched_equals_per_problem(shape, dtype, rng, seed):
+@pytest.mark.parametrize("shape", [(3, 50, 9, 7), (2, 257, 65, 130), (5, 1, 3, 2), (4, 600, 33, 9)],
+                         ids=["B3", "B2_D130", "B5_N1", "B4_N600_K33"])
+def test_assign_batched_equals_per_problem(shape, dtype, kind, rng, seed):
     """A batch of B problems gives bitwise the results of B separate calls."""
     X, C = random_problem(rng, shape, dtype)
-    labels, sq_dist = ops.kmeans_assign(X, C)
+    Xk, Ck = as_kind(kind, X, C)
+    labels, sq_dist = ops.kmeans_assign(Xk, Ck)
     for b in range(shape[0]):
-        lb, db = ops.kmeans_assign(X[b], C[b])
-        np.testing.assert_array_equal(labels[b], lb, err_msg=f"problem {b}; seed={seed}")
-        np.testing.assert_array_equal(sq_dist[b], db, err_msg=f"problem {b}; seed={seed}")
+        lb, db = ops.kmeans_assign(Xk[b], Ck[b])
+        np.testing.assert_array_equal(to_np(labels[b]), to_np(lb), err_msg=f"problem {b}; seed={seed}")
+        np.testing.assert_array_equal(to_np(sq_dist[b]), to_np(db), err_msg=f"problem {b}; seed={seed}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 257, 33, 7), (1, 100, 65, 130), (3, 50, 31, 5), (2, 9, 400, 130), (1, 300, 1, 1)],
-                         ids=["N1_K1_D1", "N257_K33", "K65_D130", "B3_K31", "B2_K400_D130", "K1_D1"])
+@pytest.mark.parametrize("shape", WRITE_ASSIGN_SHAPES.values(), ids=WRITE_ASSIGN_SHAPES.keys())
 def test_core_assign_writes_every_output(shape, dtype, rng, seed):
     """The raw _core binding overwrites every pre-poisoned labels / sq_dist element."""
     B, N, K, D = shape
@@ -286,8 +227,9 @@ def test_assign_duplicate_centres_lowest_index(K, D, dtype, kind, rng, seed):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(None, 300, 33, 2), (None, 300, 65, 3), (2, 150, 40, 4), (None, 60, 400, 130)],
-                         ids=["K33_D2", "K65_D3", "B2_K40_D4", "K400_D130"])
+@pytest.mark.parametrize("shape", [(None, 300, 33, 2), (None, 300, 65, 3), (2, 150, 40, 4), (2, 150, 65, 3),
+                                   (None, 60, 400, 130)],
+                         ids=["K33_D2", "K65_D3", "B2_K40_D4", "B2_K65_D3", "K400_D130"])
 def test_assign_exact_equidistant_lowest_index(shape, dtype, kind, rng, seed):
     """Small-integer coordinates make every distance exact, so exact ties between distinct
     centres are common: the label must be exactly the reference's lowest-index argmin."""
@@ -329,22 +271,13 @@ def test_assign_midpoint_between_two_centres(dtype, rng, seed):
 # =========================================================================== kmeans_update
 
 
-def _update_params():
-    for name, shape in UPDATE_SHAPES.items():
-        modes = [None, "N"] + (["BN"] if shape[0] is not None else [])
-        for mode in modes:
-            yield pytest.param(shape, mode, id=f"{name}-w{mode}")
-
-
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("return_means", [True, False], ids=["means", "sums"])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape,wmode", list(_update_params()))
+@pytest.mark.parametrize("shape,wmode", list(_with_wmodes(SHAPES)))
 def test_update_matches_reference(shape, wmode, dtype, return_means, kind, rng, seed):
-    B, N, K, D = shape
-    X, _ = random_problem(rng, shape, dtype)
-    labels = random_labels(rng, B, N, K)
-    w = random_weights(rng, B, N, wmode, dtype)
+    B, _, K, D = shape
+    X, labels, w = random_update_problem(rng, shape, wmode, dtype)
     Xk, lk, wk = as_kind(kind, X, labels, w)
     out, wsum = ops.kmeans_update(Xk, lk, K, wk, return_means=return_means)
     lead = () if B is None else (B,)
@@ -354,6 +287,19 @@ def test_update_matches_reference(shape, wmode, dtype, return_means, kind, rng, 
     w_ref = None if w is None else (np.broadcast_to(w, labels.shape) if B is not None else w)
     assert_update_matches(X, labels, K, w_ref, out, wsum, seed=seed, return_means=return_means,
                           context=f"wmode={wmode} kind={kind}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_update_many_points(dtype, kind, rng, seed):
+    """Enough points for several update blocks (CPU) or many thread blocks per cluster
+    (CUDA), with some empty clusters."""
+    B, N, K, D = 2, 70_000, 37, 5
+    X, labels, w = random_update_problem(rng, (B, N, K, D), "BN", dtype)
+    out, wsum = ops.kmeans_update(*as_kind(kind, X, labels), K, as_kind(kind, w)[0], return_means=False)
+    check_kind(kind, out, dtype, (B, K, D), seed=seed, what="sums")
+    check_kind(kind, wsum, dtype, (B, K), seed=seed, what="weights")
+    assert_update_matches(X, labels, K, w, out, wsum, seed=seed, return_means=False, context=f"kind={kind}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -402,30 +348,30 @@ def test_update_unit_weights_equal_no_weights(dtype, rng, seed):
         np.testing.assert_array_equal(got[1], a[1], err_msg=f"seed={seed}")
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_update_batched_equals_per_problem(dtype, rng, seed):
-    B, N, K, D = 3, 8300, 6, 3
-    X, _ = random_problem(rng, (B, N, K, D), dtype)
-    labels = random_labels(rng, B, N, K)
-    w = random_weights(rng, B, N, "BN", dtype)
-    sums, wsum = ops.kmeans_update(X, labels, K, w, return_means=False)
+@pytest.mark.parametrize("shape,wmode", [((3, 8300, 6, 3), "BN"), ((4, 600, 33, 9), None)],
+                         ids=["B3_N8300-wBN", "B4_N600_K33-wNone"])
+def test_update_batched_equals_per_problem(shape, wmode, dtype, kind, rng, seed):
+    """A batch of B problems gives bitwise the results of B separate calls."""
+    B, _, K, _ = shape
+    X, labels, w = random_update_problem(rng, shape, wmode, dtype)
+    Xk, lk, wk = as_kind(kind, X, labels, w)
+    sums, wsum = ops.kmeans_update(Xk, lk, K, wk, return_means=False)
     for b in range(B):
-        sb, wb = ops.kmeans_update(X[b], labels[b], K, w[b], return_means=False)
-        np.testing.assert_array_equal(sums[b], sb, err_msg=f"problem {b}; seed={seed}")
-        np.testing.assert_array_equal(wsum[b], wb, err_msg=f"problem {b}; seed={seed}")
+        sb, wb = ops.kmeans_update(Xk[b], lk[b], K, None if wk is None else wk[b], return_means=False)
+        np.testing.assert_array_equal(to_np(sums[b]), to_np(sb), err_msg=f"problem {b}; seed={seed}")
+        np.testing.assert_array_equal(to_np(wsum[b]), to_np(wb), err_msg=f"problem {b}; seed={seed}")
 
 
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 257, 33, 7), (3, 50, 9, 130), (2, 8193, 5, 3), (1, 10, 40, 2)],
-                         ids=["N1_K1_D1", "N257_K33", "B3_D130", "B2_N8193", "K40_N10_mostly_empty"])
+@pytest.mark.parametrize("shape", WRITE_UPDATE_SHAPES.values(), ids=WRITE_UPDATE_SHAPES.keys())
 def test_core_update_writes_every_output(shape, dtype, weighted, rng, seed):
     """The raw _core binding overwrites every pre-poisoned sums / wsum element, empty
     clusters included (sum 0, weight 0)."""
-    B, N, K, D = shape
-    X, _ = random_problem(rng, shape, dtype)
-    labels = random_labels(rng, B, N, K)
-    w = random_weights(rng, B, N, "BN", dtype) if weighted else None
+    B, _, K, D = shape
+    X, labels, w = random_update_problem(rng, shape, "BN" if weighted else None, dtype)
     sums = np.full((B, K, D), np.nan, dtype=dtype)
     wsum = np.full((B, K), np.nan, dtype=dtype)
     _core.kmeans_update(X, labels, w, sums, wsum)
@@ -457,18 +403,13 @@ LLOYD_SHAPES = {
     "N8300_blocks": (None, 8300, 20, 3),
     "B3_K65_D130": (3, 100, 65, 130),
     "B2_K33>N": (2, 9, 33, 2),
+    "B2_N3000_K65": (2, 3000, 65, 7),
 }
-
-
-def _lloyd_params():
-    for name, shape in LLOYD_SHAPES.items():
-        for mode in [None, "N"] + (["BN"] if shape[0] is not None else []):
-            yield pytest.param(shape, mode, id=f"{name}-w{mode}")
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape,wmode", list(_lloyd_params()))
+@pytest.mark.parametrize("shape,wmode", list(_with_wmodes(LLOYD_SHAPES)))
 def test_lloyd_step_equals_assign_then_update(shape, dtype, wmode, kind, rng, seed):
     """kmeans_lloyd_step is bitwise kmeans_assign followed by kmeans_update of its labels."""
     B, N, K, D = shape
@@ -481,7 +422,9 @@ def test_lloyd_step_equals_assign_then_update(shape, dtype, wmode, kind, rng, se
         o2, w2 = ops.kmeans_update(Xk, l2, K, wk, return_means=return_means)
         lead = () if B is None else (B,)
         check_kind(kind, labels, "int64", lead + (N,), seed=seed, what="labels")
+        check_kind(kind, sq_dist, dtype, lead + (N,), seed=seed, what="sq_dist")
         check_kind(kind, out, dtype, lead + (K, D), seed=seed, what="centres/sums")
+        check_kind(kind, wsum, dtype, lead + (K,), seed=seed, what="weights")
         for name, a, b in [("labels", labels, l2), ("sq_dist", sq_dist, d2), ("out", out, o2), ("wsum", wsum, w2)]:
             np.testing.assert_array_equal(to_np(a), to_np(b), err_msg=f"{name} return_means={return_means}; seed={seed}")
     assert_assign_matches(X, C, labels, sq_dist, seed=seed)
@@ -551,6 +494,7 @@ def test_inputs_not_modified(dtype, kind, rng, seed):
     ops.kmeans_update(Xk, lk, K, wk)
     ops.kmeans_update(Xk, lk, K, wk[0], return_means=False)
     ops.kmeans_lloyd_step(Xk, Ck, wk)
+    ops.kmeans_lloyd_step(Xk, Ck, wk[0])
     ops.kmeans_assign(Xk[0], Ck[0])
     for name, before, after in zip(["X", "C", "labels", "sample_weight"], copies, (Xk, Ck, lk, wk)):
         np.testing.assert_array_equal(to_np(after), before, err_msg=f"{name} modified; seed={seed}")
@@ -650,7 +594,7 @@ def test_lloyd_step_rejects_bad_weights():
 
 
 def test_mixing_numpy_and_torch_is_rejected():
-    torch = _torch()
+    torch = torch_or_skip()
     X, C, labels = _np_problem()
     tX, tC, tl = torch.from_numpy(X), torch.from_numpy(C), torch.from_numpy(labels)
     with pytest.raises(ValueError, match=r"\bC\b"):
@@ -670,7 +614,7 @@ def test_mixing_numpy_and_torch_is_rejected():
 
 
 def test_torch_bad_input_is_rejected():
-    torch = _torch()
+    torch = torch_or_skip()
     X = torch.randn(10, 3, dtype=torch.float64)
     C = X[:4].clone()
     with pytest.raises(TypeError, match=r"\bX\b"):
@@ -688,7 +632,7 @@ def test_torch_bad_input_is_rejected():
 
 
 def test_torch_requires_grad_input_is_detached(rng, seed):
-    torch = _torch()
+    torch = torch_or_skip()
     Xn = rng.standard_normal((30, 4)).astype(np.float32)
     X = torch.from_numpy(Xn).requires_grad_(True)
     C = torch.from_numpy(Xn[:5].copy()).requires_grad_(True)
