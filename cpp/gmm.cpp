@@ -3,6 +3,7 @@
 #include "gmm.hpp"
 
 #include <genfast/simd.hpp>
+#include <genfast/vmath.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -16,26 +17,17 @@
 namespace genfast::gmm {
 namespace {
 
+/// Points per batch of the M-step scatter: each accumulator is updated once per batch.
+constexpr int kScatterBatch = 8;
+
 /// E-step tile: `vectors` SIMD vectors of points, one point per lane, so that every
 /// per-component step is a vector operation over points.
 template <class T> struct Tile {
   using V = simd::vec_t<T>;
   static constexpr int lanes = simd::vector<T>::lanes;
-  static constexpr int vectors = 4;
+  static constexpr int vectors = 8;
   static constexpr int points = lanes * vectors;
 };
-
-/// exp of each lane (IEEE: exp(-inf) = 0).
-template <class V> V exp_lanes(V v) {
-  for (int l = 0; l < simd::lanes_of<V>; ++l) v[l] = std::exp(v[l]);
-  return v;
-}
-
-/// log of each lane (log(0) = -inf).
-template <class V> V log_lanes(V v) {
-  for (int l = 0; l < simd::lanes_of<V>; ++l) v[l] = std::log(v[l]);
-  return v;
-}
 
 std::string component(int64_t k) { return "component " + std::to_string(k); }
 
@@ -173,8 +165,8 @@ void log_resp(const Shape& s, Covariance cov, const T* X, const T* weights, cons
         for (int64_t k = 0; k < s.K; ++k) m = joint[size_t(k * R + r)] > m ? joint[size_t(k * R + r)] : m;
         m = m == neg_inf ? V{} : m;
         V sum{};
-        for (int64_t k = 0; k < s.K; ++k) sum += exp_lanes(joint[size_t(k * R + r)] - m);
-        lp[r] = m + log_lanes(sum);
+        for (int64_t k = 0; k < s.K; ++k) sum += vmath::exp_approx(joint[size_t(k * R + r)] - m);
+        lp[r] = m + vmath::log_approx(sum);
       }
       for (int64_t p = 0; p < n; ++p) {
         const T lpp = lp[p / L][p % L];
@@ -200,11 +192,16 @@ void suff_stats(const Shape& s, Covariance cov, const T* X, const T* resp, bool 
   // Components run across SIMD lanes (r_n is contiguous over k): KV vectors cover K, and
   // padding lanes carry r = 0, so every update below is one vector operation over components.
   const int64_t KV = (K + LA - 1) / LA;
-  const auto load_resp = [&](int64_t i, VA* r) {
-    for (int64_t v = 0; v < KV; ++v) r[v] = VA{};
-    for (int64_t k = 0; k < K; ++k) {
-      const A value = A(resp[i * K + k]);
-      r[k / LA][k % LA] = resp_is_log ? std::exp(value) : value;
+  const A pad = resp_is_log ? -std::numeric_limits<A>::infinity() : A(0);  // r = 0 either way
+  // r_i as KV vectors: a contiguous (vectorisable) widening copy of row i into a padded
+  // scratch row, then whole-vector loads.
+  const auto load_resp = [&](int64_t i, A* scratch, VA* r) {
+    const T* row = resp + i * K;
+    for (int64_t k = 0; k < K; ++k) scratch[k] = A(row[k]);
+    for (int64_t k = K; k < KV * LA; ++k) scratch[k] = pad;
+    for (int64_t v = 0; v < KV; ++v) {
+      r[v] = simd::load<VA>(scratch + v * LA);
+      if (resp_is_log) r[v] = vmath::exp_approx(r[v]);
     }
   };
   const auto lane = [&](const VA* v, int64_t k) { return v[k / LA][k % LA]; };
@@ -213,8 +210,9 @@ void suff_stats(const Shape& s, Covariance cov, const T* X, const T* resp, bool 
   // Pass 1: N_k = sum_n r_nk (row[0, KV)) and sums_dk = sum_n r_nk x_nd (row[KV + d KV + v]).
   const auto first = blocked_sum<VA>(1, s.N, KV + D * KV, [&](int64_t, int64_t i0, int64_t i1, VA* acc) {
     std::vector<VA> r(static_cast<size_t>(KV));
+    std::vector<A> scratch(static_cast<size_t>(KV * LA));
     for (int64_t i = i0; i < i1; ++i) {
-      load_resp(i, r.data());
+      load_resp(i, scratch.data(), r.data());
       const T* x = X + i * D;
       for (int64_t v = 0; v < KV; ++v) acc[v] += r[size_t(v)];
       for (int64_t d = 0; d < D; ++d) {
@@ -240,36 +238,60 @@ void suff_stats(const Shape& s, Covariance cov, const T* X, const T* resp, bool 
   // row by row, diag the D diagonal terms, spherical their sum; tied sums over k at the end.
   const bool matrix = cov == Covariance::full || cov == Covariance::tied;
   const int64_t terms = matrix ? D * (D + 1) / 2 : cov == Covariance::diag ? D : 1;
-  const auto second = blocked_sum<VA>(1, s.N, terms * KV, [&](int64_t, int64_t i0, int64_t i1, VA* acc) {
-    std::vector<VA> r(static_cast<size_t>(KV)), diff(static_cast<size_t>(D * KV)), rd(static_cast<size_t>(KV));
-    for (int64_t i = i0; i < i1; ++i) {
-      load_resp(i, r.data());
-      const T* x = X + i * D;
-      // x_d - mu_dk for every component: the centring that keeps float32 variances positive.
-      for (int64_t d = 0; d < D; ++d)
-        for (int64_t v = 0; v < KV; ++v) diff[size_t(d * KV + v)] = A(x[d]) - muT[size_t(d * KV + v)];
-      if (matrix) {
-        int64_t e = 0;
-        for (int64_t a = 0; a < D; ++a) {
-          for (int64_t v = 0; v < KV; ++v) rd[size_t(v)] = r[size_t(v)] * diff[size_t(a * KV + v)];
-          // S_ab += r (x_a - mu_a)(x_b - mu_b), b >= a
-          for (int64_t b = a; b < D; ++b, ++e)
-            for (int64_t v = 0; v < KV; ++v) acc[e * KV + v] += rd[size_t(v)] * diff[size_t(b * KV + v)];
-        }
-      } else if (cov == Covariance::diag) {
+  // full/tied: S_ab += sum_p r_p (x_pa - mu_a)(x_pb - mu_b) for b >= a, over batches of
+  // points: diff = x - mu_k and rdiff = r diff are staged for the batch, the batch's rdiff_a
+  // stay in registers across the b loop, and each accumulator is loaded and stored once per
+  // batch instead of once per point.
+  const auto scatter_matrix = [&](int64_t i0, int64_t i1, VA* acc) {
+    std::vector<VA> r(static_cast<size_t>(KV));
+    std::vector<A> scratch(static_cast<size_t>(KV * LA));
+    std::vector<VA> diff(static_cast<size_t>(kScatterBatch * D * KV));
+    std::vector<VA> rdiff(static_cast<size_t>(kScatterBatch * D * KV));
+    for (int64_t i = i0; i < i1; i += kScatterBatch) {
+      const int64_t nb = std::min<int64_t>(kScatterBatch, i1 - i);
+      std::fill(diff.begin() + nb * D * KV, diff.end(), VA{});  // a short last batch
+      std::fill(rdiff.begin() + nb * D * KV, rdiff.end(), VA{});
+      for (int64_t p = 0; p < nb; ++p) {
+        load_resp(i + p, scratch.data(), r.data());
+        const T* x = X + (i + p) * D;
         for (int64_t d = 0; d < D; ++d)
           for (int64_t v = 0; v < KV; ++v) {
-            const VA t = diff[size_t(d * KV + v)];
-            acc[d * KV + v] += r[size_t(v)] * t * t;
+            const size_t at = size_t((p * D + d) * KV + v);
+            diff[at] = A(x[d]) - muT[size_t(d * KV + v)];
+            rdiff[at] = r[size_t(v)] * diff[at];
           }
-      } else {
-        for (int64_t v = 0; v < KV; ++v) {
-          VA sq{};
-          for (int64_t d = 0; d < D; ++d) sq += diff[size_t(d * KV + v)] * diff[size_t(d * KV + v)];
-          acc[v] += r[size_t(v)] * sq;
-        }
       }
+      for (int64_t a = 0, row_start = 0; a < D; row_start += D - a, ++a)
+        for (int64_t v = 0; v < KV; ++v) {
+          VA rd[kScatterBatch];
+          for (int p = 0; p < kScatterBatch; ++p) rd[p] = rdiff[size_t((p * D + a) * KV + v)];
+          for (int64_t b = a; b < D; ++b) {
+            VA sum = acc[(row_start + b - a) * KV + v];
+            for (int p = 0; p < kScatterBatch; ++p) sum += rd[p] * diff[size_t((p * D + b) * KV + v)];
+            acc[(row_start + b - a) * KV + v] = sum;
+          }
+        }
     }
+  };
+  // diag: r (x_d - mu_d)^2 per feature; spherical: the same summed over features.
+  const auto scatter_diagonal = [&](int64_t i0, int64_t i1, VA* acc) {
+    std::vector<VA> r(static_cast<size_t>(KV));
+    std::vector<A> scratch(static_cast<size_t>(KV * LA));
+    for (int64_t i = i0; i < i1; ++i) {
+      load_resp(i, scratch.data(), r.data());
+      const T* x = X + i * D;
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t v = 0; v < KV; ++v) {
+          const VA t = A(x[d]) - muT[size_t(d * KV + v)];
+          acc[(cov == Covariance::diag ? d * KV : 0) + v] += r[size_t(v)] * t * t;
+        }
+    }
+  };
+  const auto second = blocked_sum<VA>(1, s.N, terms * KV, [&](int64_t, int64_t i0, int64_t i1, VA* acc) {
+    if (matrix)
+      scatter_matrix(i0, i1, acc);
+    else
+      scatter_diagonal(i0, i1, acc);
     return int64_t(0);
   }, unused);
 
