@@ -215,7 +215,6 @@ def peer_genfast_ops(case: Case, mods):
     if case.cuda and not genfast.config()["cuda"]["usable"]:
         raise Skip(f"genfast CUDA backend not usable: {genfast.config()['cuda']['status']}")
     ops = genfast.ops
-    K = case.K
     if case.cuda:
         torch = case.torch
         X = case.X_dev()

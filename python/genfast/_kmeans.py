@@ -10,7 +10,6 @@ give the same labels and inertia up to floating-point rounding.
 from __future__ import annotations
 
 import numbers
-import re
 import warnings
 
 import numpy as np
@@ -18,10 +17,11 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Cluster
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics.pairwise import euclidean_distances
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from . import _backend as be
 from . import ops
+from ._estimator import resolve_device, same_kind, validate_X
 
 __all__ = ["KMeans"]
 
@@ -220,49 +220,12 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={self.n_clusters}.")
         return n_init
 
-    def _resolve_device(self, X):
-        on_cuda = be.is_torch(X) and X.device.type == "cuda"
-        if self.device == "cpu":
-            return "cpu"
-        if self.device == "cuda" or on_cuda:
-            usable, why = be.cuda_status()
-            if not usable:
-                raise ValueError(f"device={self.device!r} needs a usable CUDA device: {why}")
-            return "cuda"
-        return "cpu"
-
-    def _validate_X(self, X, *, reset, copy=False):
-        """X as a C-contiguous float32/float64 numpy array (torch tensors are moved to host
-        for validation only when they live on the CPU; CUDA tensors are checked on device)."""
-        if be.is_torch(X) and X.device.type == "cuda":
-            self._check_n_features_torch(X, reset=reset)
-            return be.as_float("X", X)
-        if be.is_torch(X):
-            X = X.detach().numpy()
-        try:
-            return validate_data(self, X, reset=reset, dtype=[np.float64, np.float32], order="C",
-                                 copy=copy, accept_sparse=False)
-        except (TypeError, ValueError) as exc:
-            if re.search(r"\bX\b", str(exc)):
-                raise
-            raise type(exc)(f"X: {exc}") from exc
-
-    def _check_n_features_torch(self, X, *, reset):
-        if X.ndim != 2:
-            raise ValueError(f"X must be 2-d (n_samples, n_features), got shape {tuple(X.shape)}")
-        if X.shape[0] < 1:
-            raise ValueError(f"Found array with 0 sample(s) (shape={tuple(X.shape)}) while a minimum of 1 is required.")
-        if reset:
-            self.n_features_in_ = X.shape[1]
-        elif X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} is expecting {self.n_features_in_} features as input.")
-
     # ------------------------------------------------------------------ fitting
     def fit(self, X, y=None, sample_weight=None):
         """Compute k-means clustering of X (n_samples, n_features), optionally weighted."""
-        device = self._resolve_device(X)
+        device = resolve_device(self.device, X)
         X_in = X
-        X = self._validate_X(X, reset=True, copy=self.copy_x)
+        X = validate_X(self, X, reset=True, copy=self.copy_x)
         n_init = self._check_params(X.shape[0])
         random_state = check_random_state(self.random_state)
         dtype = be.dtype_name(X)
@@ -426,7 +389,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     # ------------------------------------------------------------------ prediction
     def _check_predict_input(self, X):
         check_is_fitted(self)
-        return self._validate_X(X, reset=False)
+        return validate_X(self, X, reset=False)
 
     def _centers_like(self, X):
         if be.is_torch(X):
@@ -435,20 +398,11 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             return torch.as_tensor(self.cluster_centers_, dtype=X.dtype, device=X.device)
         return self.cluster_centers_.astype(X.dtype, copy=False)
 
-    @staticmethod
-    def _same_kind(result, X_in):
-        """Return torch tensors for torch CPU input (validated as a numpy view)."""
-        if be.is_torch(X_in) and not be.is_torch(result):
-            import torch
-
-            return torch.from_numpy(result)
-        return result
-
     def predict(self, X):
         """Index of the closest centre for each sample of X (same kind as X: numpy or torch)."""
         X_in, X = X, self._check_predict_input(X)
         labels, _ = ops.kmeans_assign(X, self._centers_like(X))
-        return self._same_kind(labels, X_in)
+        return same_kind(labels, X_in)
 
     def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, and return the training labels (labels_)."""
@@ -462,7 +416,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             import torch
 
             return torch.cdist(X, C)
-        return self._same_kind(euclidean_distances(X, C), X_in)
+        return same_kind(euclidean_distances(X, C), X_in)
 
     def fit_transform(self, X, y=None, sample_weight=None):
         """Fit, then return the distances of X to the fitted centres."""

@@ -22,7 +22,6 @@ GaussianMixture to rounding.
 from __future__ import annotations
 
 import numbers
-import re
 import warnings
 from time import time
 
@@ -31,9 +30,10 @@ from scipy.linalg import lapack
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted
 
 from . import _backend as be
+from ._estimator import resolve_device, same_kind, validate_X
 from . import ops
 
 __all__ = ["GaussianMixture", "Gaussian"]
@@ -75,59 +75,6 @@ def _check_covariance_type(value):
 def _check_device(value):
     if not isinstance(value, str) or value not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {value!r}")
-
-
-def _resolve_device(device, X):
-    """'cpu' or 'cuda': 'auto' runs where X lives (a CUDA tensor on the GPU, anything else on
-    the CPU); 'cuda' needs a usable CUDA device (genfast._backend.cuda_status())."""
-    on_cuda = be.is_torch(X) and X.device.type == "cuda"
-    if device == "cpu":
-        if on_cuda:
-            raise ValueError("device='cpu' but X is a CUDA tensor; move it to the CPU or use device='cuda'")
-        return "cpu"
-    if device == "cuda" or on_cuda:
-        usable, why = be.cuda_status()
-        if not usable:
-            raise ValueError(f"device={device!r} needs a usable CUDA device: {why}")
-        return "cuda"
-    return "cpu"
-
-
-def _validate_X(est, X, *, reset, ensure_min_samples=1):
-    """X as a C-contiguous float32/float64 numpy array, or as a float CUDA tensor (checked on
-    the device). torch CPU tensors are validated as zero-copy numpy views."""
-    if be.is_torch(X) and X.device.type == "cuda":
-        if X.ndim != 2:
-            raise ValueError(f"X must be 2-d (n_samples, n_features), got shape {tuple(X.shape)}")
-        if X.shape[0] < ensure_min_samples:
-            raise ValueError(f"X: found array with {X.shape[0]} sample(s) (shape={tuple(X.shape)}) while a "
-                             f"minimum of {ensure_min_samples} is required.")
-        if X.shape[1] < 1:
-            raise ValueError(f"X: found array with 0 feature(s) (shape={tuple(X.shape)}) while a minimum of 1 is required.")
-        if reset:
-            est.n_features_in_ = X.shape[1]
-        elif X.shape[1] != est.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, but {type(est).__name__} is expecting "
-                             f"{est.n_features_in_} features as input.")
-        return be.as_float("X", X)
-    if be.is_torch(X):
-        X = X.detach().numpy()
-    try:
-        return validate_data(est, X, reset=reset, dtype=[np.float64, np.float32], order="C",
-                             accept_sparse=False, ensure_min_samples=ensure_min_samples)
-    except (TypeError, ValueError) as exc:
-        if re.search(r"\bX\b", str(exc)):
-            raise
-        raise type(exc)(f"X: {exc}") from exc
-
-
-def _same_kind(result, X_in):
-    """torch CPU input gives torch CPU output (X was validated as a numpy view)."""
-    if be.is_torch(X_in) and not be.is_torch(result):
-        import torch
-
-        return torch.from_numpy(np.ascontiguousarray(result))
-    return result
 
 
 def _param_array(name, value, shape):
@@ -416,8 +363,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         `predict(X)` gives on the fitted model)."""
         self._check_params()
         X_in = X
-        device = _resolve_device(self.device, X)
-        X = _validate_X(self, X, reset=True, ensure_min_samples=2)
+        device = resolve_device(self.device, X)
+        X = validate_X(self, X, reset=True, ensure_min_samples=2)
         n_samples, n_features = X.shape
         if n_samples < self.n_components:
             raise ValueError(f"n_components={self.n_components} must be <= n_samples={n_samples} "
@@ -486,7 +433,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         labels = place.argmax(log_resp)
         if not be.is_torch(X_in) and be.is_torch(labels):
             labels = labels.cpu().numpy()
-        return _same_kind(labels, X_in)
+        return same_kind(labels, X_in)
 
     def _initialize_parameters(self, X, place, random_state, inits):
         """Initial (weights, means, covariances, precisions_cholesky), float64 on the host,
@@ -626,8 +573,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _predict_input(self, X):
         """(validated X where the model computes, its placement)."""
         check_is_fitted(self)
-        device = _resolve_device(self.device, X)
-        X = _validate_X(self, X, reset=False)
+        device = resolve_device(self.device, X)
+        X = validate_X(self, X, reset=False)
         if device == "cuda" and not be.is_torch(X):
             X = _to_cuda(X)
         return X, _Place(X)
@@ -643,7 +590,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         GPU), torch for torch."""
         if not be.is_torch(X_in) and be.is_torch(result):
             return result.cpu().numpy()
-        return _same_kind(result, X_in)
+        return same_kind(result, X_in)
 
     def score_samples(self, X):
         """log p(x) of each sample (n_samples,), in X's dtype."""
@@ -742,8 +689,8 @@ class Gaussian(DensityMixin, BaseEstimator):
         _check_covariance_type(self.covariance_type)
         _check_real("reg_covar", self.reg_covar)
         _check_device(self.device)
-        device = _resolve_device(self.device, X)
-        X = _validate_X(self, X, reset=True)
+        device = resolve_device(self.device, X)
+        X = validate_X(self, X, reset=True)
         n_samples, n_features = X.shape
         dtype = be.dtype_name(X)
         if n_samples < 2 and self.reg_covar == 0:
@@ -810,8 +757,8 @@ class Gaussian(DensityMixin, BaseEstimator):
         """log N(x | mean_, covariance_) of each sample (n_samples,), in X's dtype."""
         check_is_fitted(self)
         X_in = X
-        device = _resolve_device(self.device, X)
-        X = _validate_X(self, X, reset=False)
+        device = resolve_device(self.device, X)
+        X = validate_X(self, X, reset=False)
         if device == "cuda" and not be.is_torch(X):
             X = _to_cuda(X)
         place = _Place(X)
