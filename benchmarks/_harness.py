@@ -19,6 +19,7 @@ lazily and their absence is reported, never raised.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime as _dt
 import gc
@@ -491,3 +492,47 @@ def describe_machine(record: dict) -> str:
     if missing:
         line += " (absent: " + ", ".join(missing) + ")"
     return line
+
+
+# --------------------------------------------------------------------------- command line
+def _int_arg(s: str) -> int:
+    """An integer written as 1000000, 1_000_000 or 1e6."""
+    s = s.strip().replace("_", "")
+    try:
+        return int(s)
+    except ValueError:
+        v = float(s)
+        if v != int(v):
+            raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+        return int(v)
+
+
+def parse_sizes(text: str, *, points_per_cluster: int = 1) -> list[tuple[int, int, int]]:
+    """'N,D,K;N,D,K' -> [(N, D, K), ...], requiring D >= 1, K >= 1 and N >= points_per_cluster * K."""
+    sizes = []
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        fields = part.split(",")
+        if len(fields) != 3:
+            raise argparse.ArgumentTypeError(f"each size is N,D,K (got {part!r})")
+        n, d, k = (_int_arg(f) for f in fields)
+        if min(n, d, k) < 1 or n < points_per_cluster * k:
+            raise argparse.ArgumentTypeError(
+                f"need N >= {points_per_cluster}K, K >= 1 and D >= 1 (got {part!r})")
+        sizes.append((n, d, k))
+    if not sizes:
+        raise argparse.ArgumentTypeError("no sizes given")
+    return sizes
+
+
+def blas_name() -> str:
+    """'openblas 0.3.x' for numpy's BLAS (from threadpoolctl), or 'BLAS' when unknown."""
+    info = threadpool_info() or []
+    for lib in info:
+        if lib.get("user_api") == "blas" and "numpy" in (lib.get("filepath") or ""):
+            return f"{lib.get('internal_api')} {lib.get('version')}"
+    for lib in info:
+        if lib.get("user_api") == "blas":
+            return f"{lib.get('internal_api')} {lib.get('version')}"
+    return "BLAS"

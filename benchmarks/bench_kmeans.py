@@ -49,33 +49,6 @@ CUDA_TILE_BYTES = 1 * 2**30
 
 
 # --------------------------------------------------------------------------- CLI
-def parse_sizes(text: str) -> list[tuple[int, int, int]]:
-    def num(s: str) -> int:
-        s = s.strip().replace("_", "")
-        try:
-            return int(s)
-        except ValueError:
-            v = float(s)
-            if v != int(v):
-                raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
-            return int(v)
-
-    sizes = []
-    for part in text.split(";"):
-        if not part.strip():
-            continue
-        fields = part.split(",")
-        if len(fields) != 3:
-            raise argparse.ArgumentTypeError(f"each size is N,D,K (got {part!r})")
-        n, d, k = (num(f) for f in fields)
-        if min(n, d, k) < 1 or k > n:
-            raise argparse.ArgumentTypeError(f"need N >= K >= 1 and D >= 1 (got {part!r})")
-        sizes.append((n, d, k))
-    if not sizes:
-        raise argparse.ArgumentTypeError("no sizes given")
-    return sizes
-
-
 def parse_peers(text: str) -> list[str]:
     chosen: list[str] = []
     for name in text.split(","):
@@ -95,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="See benchmarks/README.md for the columns and the JSON layout.")
     p.add_argument("--quick", action="store_true",
                    help="small sizes (N=100000 D=32 K=64; N=20000 D=64 K=256), 1 repeat")
-    p.add_argument("--sizes", type=parse_sizes, default=None, metavar="N,D,K;...",
+    p.add_argument("--sizes", type=H.parse_sizes, default=None, metavar="N,D,K;...",
                    help="problem sizes, overriding the defaults (and --quick's)")
     p.add_argument("--peers", type=parse_peers, default=list(PEERS),
                    metavar="LIST", help="comma-separated subset of "
@@ -406,7 +379,7 @@ def matmul_ceiling(case: Case, mods, square: int, repeats: int) -> dict:
             R = torch.empty_like(P)
             return lambda: torch.mm(P, Q, out=R)
     else:
-        lib = "numpy.matmul (float32, " + _blas_name() + ")"
+        lib = "numpy.matmul (float32, " + H.blas_name() + ")"
         A, B = case.X, np.ascontiguousarray(case.C0.T)
         rows = tile_rows(N, K, CPU_TILE_BYTES)
         buf = np.empty((rows, K), dtype=np.float32)
@@ -443,17 +416,6 @@ def matmul_ceiling(case: Case, mods, square: int, repeats: int) -> dict:
     out["matmul_gflops"] = max(rates)
     out["rule"] = "max of the same-shape and square GEMM rates, each from its best repeat"
     return out
-
-
-def _blas_name() -> str:
-    info = H.threadpool_info() or []
-    for lib in info:
-        if lib.get("user_api") == "blas" and "numpy" in (lib.get("filepath") or ""):
-            return f"{lib.get('internal_api')} {lib.get('version')}"
-    for lib in info:
-        if lib.get("user_api") == "blas":
-            return f"{lib.get('internal_api')} {lib.get('version')}"
-    return "BLAS"
 
 
 # --------------------------------------------------------------------------- inertia
