@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import datetime as _dt
 import gc
+import importlib
 import json
 import math
 import os
@@ -263,9 +264,10 @@ def threadpool_info() -> list | None:
 
 
 def try_import(name: str):
-    """(module, None) or (None, reason) - for peers that may not be installed."""
+    """(module, None) or (None, reason) - for peers that may not be installed. A dotted name
+    ('sklearn.cluster') gives that submodule."""
     try:
-        return __import__(name), None
+        return importlib.import_module(name), None
     except ImportError as e:
         return None, f"{name} is not installed ({e})"
     except Exception as e:  # installed but broken
@@ -536,3 +538,49 @@ def blas_name() -> str:
         if lib.get("user_api") == "blas":
             return f"{lib.get('internal_api')} {lib.get('version')}"
     return "BLAS"
+
+
+def parse_peers(text: str, aliases: dict[str, list[str]], order: list[str]) -> list[str]:
+    """'genfast,torch' -> the peers those names stand for (aliases), in the script's order."""
+    chosen: list[str] = []
+    for name in text.split(","):
+        name = name.strip().lower()
+        if not name:
+            continue
+        if name not in aliases:
+            raise argparse.ArgumentTypeError(f"unknown peer {name!r}; choose from {', '.join(aliases)}")
+        chosen += [p for p in aliases[name] if p not in chosen]
+    return [p for p in order if p in chosen]
+
+
+def import_modules(names) -> dict:
+    """{name: module or None} for each name, with the reasons for the missing ones under '_why'."""
+    mods: dict = {"_why": {}}
+    for name in sorted(names):
+        mods[name], why = try_import(name)
+        if why:
+            mods["_why"][name] = why
+    return mods
+
+
+def cuda_skip_reason(torch) -> str | None:
+    """Why a --device cuda run cannot happen here (None if it can). When it can, TF32 is turned
+    off so that every float32 peer and the matmul rate use full float32."""
+    if torch is None:
+        return "--device cuda needs torch"
+    if not torch.cuda.is_available():
+        cpu_only = f"; this torch is a CPU-only build {torch.__version__}" if torch.version.cuda is None else ""
+        return f"--device cuda needs a CUDA GPU visible to torch (torch.cuda.is_available() is False{cpu_only})"
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return None
+
+
+def limit_threads(threads: int):
+    """threadpoolctl's limit of every BLAS/OpenMP pool to `threads` (call
+    .restore_original_limits() on the result), or None without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(limits=threads)

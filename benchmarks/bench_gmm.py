@@ -90,19 +90,6 @@ def flops_e_step(covariance_type: str, N: int, D: int, K: int) -> float:
 
 
 # --------------------------------------------------------------------------- CLI
-def parse_peers(text: str) -> list[str]:
-    chosen: list[str] = []
-    for name in text.split(","):
-        name = name.strip().lower()
-        if not name:
-            continue
-        if name not in PEER_ALIASES:
-            raise argparse.ArgumentTypeError(
-                f"unknown peer {name!r}; choose from genfast, genfast-ops, sklearn, torch, torch.compile")
-        chosen += [p for p in PEER_ALIASES[name] if p not in chosen]
-    return [p for p in PEERS if p in chosen]
-
-
 def _choices(allowed: list[str], what: str):
     def parse(text: str) -> list[str]:
         out = []
@@ -128,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"small size (N=20000 D=16 K=16), 1 repeat, {QUICK_SQUARE}^3 GEMM for the floor")
     p.add_argument("--sizes", type=lambda text: H.parse_sizes(text, points_per_cluster=2), default=None, metavar="N,D,K;...",
                    help="problem sizes, overriding the default N=100000 D=16 K=32 (and --quick's)")
-    p.add_argument("--peers", type=parse_peers, default=list(PEERS), metavar="LIST",
+    p.add_argument("--peers", type=lambda text: H.parse_peers(text, PEER_ALIASES, PEERS), default=list(PEERS), metavar="LIST",
                    help="comma-separated subset of genfast,genfast-ops,sklearn,torch,torch.compile "
                    "(default: all; 'genfast' means both genfast rows)")
     p.add_argument("--covariance-types", type=_choices(COVARIANCE_TYPES, "covariance type"),
@@ -692,23 +679,12 @@ def matmul_rates(dtypes, square: int, repeats: int, device: str, torch, seed: in
 
 # --------------------------------------------------------------------------- driver
 def import_peers(peers, device) -> dict:
-    mods: dict = {"_why": {}}
     wanted = {"genfast"}
     if "sklearn" in peers:
         wanted.add("sklearn.mixture")
     if device == "cuda" or any(p.startswith("torch") for p in peers):
         wanted.add("torch")
-    for name in sorted(wanted):
-        if name == "sklearn.mixture":
-            mod, why = H.try_import("sklearn")
-            if mod is not None:
-                import sklearn.mixture as mod
-        else:
-            mod, why = H.try_import(name)
-        mods[name] = mod
-        if why:
-            mods["_why"][name] = why
-    return mods
+    return H.import_modules(wanted)
 
 
 def set_threads(mods, threads: int) -> dict:
@@ -918,28 +894,16 @@ def main(argv=None) -> int:
 
     mods = import_peers(peers, args.device)
     if args.device == "cuda":
-        torch = mods.get("torch")
-        if torch is None:
-            print(f"skipping: --device cuda needs torch ({mods['_why'].get('torch')})")
+        why = H.cuda_skip_reason(mods.get("torch"))
+        if why:
+            print(f"skipping: {why}" + (f" ({mods['_why']['torch']})" if "torch" in mods["_why"] else ""))
             return 0
-        if not torch.cuda.is_available():
-            print("skipping: --device cuda needs a CUDA GPU visible to torch "
-                  "(torch.cuda.is_available() is False"
-                  + (f"; this torch is a CPU-only build {torch.__version__}" if torch.version.cuda is None else "")
-                  + ")")
-            return 0
-        torch.backends.cuda.matmul.allow_tf32 = False  # full float32 for every peer and the rate
-        torch.backends.cudnn.allow_tf32 = False
 
     threads = args.threads or H._cpu_info()["usable_cpus"] or 1
     args.threads = threads
     warn = H.busy_warning(threads)
 
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        threadpool_limits = None
-    limiter = threadpool_limits(limits=threads) if threadpool_limits else None
+    limiter = H.limit_threads(threads)
     try:
         how = set_threads(mods, threads)
         record = H.base_record(NAME, args.device)

@@ -49,19 +49,6 @@ CUDA_TILE_BYTES = 1 * 2**30
 
 
 # --------------------------------------------------------------------------- CLI
-def parse_peers(text: str) -> list[str]:
-    chosen: list[str] = []
-    for name in text.split(","):
-        name = name.strip().lower()
-        if not name:
-            continue
-        if name not in PEER_ALIASES:
-            raise argparse.ArgumentTypeError(
-                f"unknown peer {name!r}; choose from genfast, genfast-ops, sklearn, faiss, torch, torch.compile")
-        chosen += [p for p in PEER_ALIASES[name] if p not in chosen]
-    return [p for p in PEERS if p in chosen]
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -70,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="small sizes (N=100000 D=32 K=64; N=20000 D=64 K=256), 1 repeat")
     p.add_argument("--sizes", type=H.parse_sizes, default=None, metavar="N,D,K;...",
                    help="problem sizes, overriding the defaults (and --quick's)")
-    p.add_argument("--peers", type=parse_peers, default=list(PEERS),
+    p.add_argument("--peers", type=lambda text: H.parse_peers(text, PEER_ALIASES, PEERS), default=list(PEERS),
                    metavar="LIST", help="comma-separated subset of "
                    "genfast,genfast-ops,sklearn,faiss,torch,torch.compile (default: all; "
                    "'genfast' means both genfast rows)")
@@ -441,28 +428,14 @@ def final_inertia(case: Case, X64, centers, genfast) -> tuple[float, int]:
 
 # --------------------------------------------------------------------------- driver
 def import_peers(peers, device) -> dict:
-    mods: dict = {"_why": {}}
-    wanted = set()
-    if any(p.startswith("genfast") for p in peers):
-        wanted.add("genfast")
+    wanted = {"genfast"}  # also evaluates every peer's final inertia
     if "sklearn" in peers:
         wanted.add("sklearn.cluster")
     if "faiss" in peers:
         wanted.add("faiss")
     if device == "cuda" or any(p.startswith("torch") for p in peers):
         wanted.add("torch")
-    wanted.add("genfast")  # the inertia evaluation uses it when present
-    for name in sorted(wanted):
-        if name == "sklearn.cluster":
-            mod, why = H.try_import("sklearn")
-            if mod is not None:
-                import sklearn.cluster as mod
-        else:
-            mod, why = H.try_import(name)
-        mods[name] = mod
-        if why:
-            mods["_why"][name] = why
-    return mods
+    return H.import_modules(wanted)
 
 
 def set_threads(mods, threads: int) -> dict:
@@ -604,28 +577,16 @@ def main(argv=None) -> int:
 
     mods = import_peers(peers, args.device)
     if args.device == "cuda":
-        torch = mods.get("torch")
-        if torch is None:
-            print(f"skipping: --device cuda needs torch ({mods['_why'].get('torch')})")
+        why = H.cuda_skip_reason(mods.get("torch"))
+        if why:
+            print(f"skipping: {why}" + (f" ({mods['_why']['torch']})" if "torch" in mods["_why"] else ""))
             return 0
-        if not torch.cuda.is_available():
-            print("skipping: --device cuda needs a CUDA GPU visible to torch "
-                  "(torch.cuda.is_available() is False"
-                  + (f"; this torch is a CPU-only build {torch.__version__}" if torch.version.cuda is None else "")
-                  + ")")
-            return 0
-        torch.backends.cuda.matmul.allow_tf32 = False  # full float32 for every peer and the ceiling
-        torch.backends.cudnn.allow_tf32 = False
 
     threads = args.threads or H._cpu_info()["usable_cpus"] or 1
     args.threads = threads
     warn = H.busy_warning(threads)
 
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        threadpool_limits = None
-    limiter = threadpool_limits(limits=threads) if threadpool_limits else None
+    limiter = H.limit_threads(threads)
     try:
         how = set_threads(mods, threads)
         record = H.base_record(NAME, args.device)
