@@ -392,27 +392,15 @@ def peer_genfast(run: Run, mods):
 
 
 def _chol_update(nk, sums, scatter, ct, D, dtype):
-    """The M-step's parameter update from genfast.ops.gmm_suff_stats, in float64 numpy as
-    genfast.GaussianMixture does it: N_k + 10 eps, means, covariances + reg_covar, then the
-    precision Cholesky factors P = L^-T (cov = L L^T). Returns (weights, means, P) in dtype."""
+    """The M-step's parameter update from genfast.ops.gmm_suff_stats, done by the same
+    float64 helpers genfast.GaussianMixture uses: N_k + 10 eps, means, covariances +
+    reg_covar, then the precision Cholesky factors. Returns (weights, means, P) in dtype."""
+    from genfast._mixture import _covariances_from_scatter, _precisions_cholesky
+
     nk = np.asarray(nk, dtype=np.float64) + NK_EPS
     means = np.asarray(sums, dtype=np.float64) / nk[:, None]
-    S = np.asarray(scatter, dtype=np.float64)
-    if ct == "full":
-        cov = S / nk[:, None, None]
-        cov[:, np.arange(D), np.arange(D)] += REG_COVAR
-    elif ct == "tied":
-        cov = S / nk.sum()
-        cov.flat[:: D + 1] += REG_COVAR
-    elif ct == "diag":
-        cov = S / nk[:, None] + REG_COVAR
-    else:
-        cov = S / (nk * D) + REG_COVAR
-    if ct in ("full", "tied"):
-        L = np.linalg.cholesky(cov)
-        P = np.triu(np.swapaxes(np.linalg.inv(L), -1, -2))  # exact zeros below the diagonal
-    else:
-        P = 1.0 / np.sqrt(cov)
+    cov = _covariances_from_scatter(nk, np.asarray(scatter, dtype=np.float64), ct, REG_COVAR, D)
+    P = _precisions_cholesky(cov, ct, REG_COVAR, dtype)
     w = nk / nk.sum()
     return tuple(np.ascontiguousarray(a, dtype=dtype) for a in (w, means, P))
 
