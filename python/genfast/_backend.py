@@ -90,7 +90,7 @@ def as_float(name: str, x, *, dtype: str | None = None, check_finite: bool = Tru
         if check_finite and x.numel() and not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} contains NaN or infinity")
         return x
-    arr = np.asarray(x) if not isinstance(x, np.ndarray) else x
+    arr = np.asarray(x)  # no copy for an ndarray
     kind = arr.dtype.kind
     if kind not in "biuf":
         raise TypeError(
