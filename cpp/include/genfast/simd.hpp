@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace genfast::simd {
 
@@ -55,11 +56,12 @@ template <class V, class T> inline V load(const T* p) {
 }
 template <class V, class T> inline void store(T* p, V v) { std::memcpy(p, &v, sizeof(V)); }
 
-/// Vector with every lane equal to s.
+/// Vector with every lane equal to s. Written as s - 0 (exact for every s, -0 and NaN
+/// included) so that GCC emits one broadcast instruction; filling the lanes one by one
+/// goes through the stack and stalls every later load of the vector.
 template <class V, class S> inline V broadcast(S s) {
-  V v;
-  for (int i = 0; i < int(sizeof(V) / sizeof(v[0])); ++i) v[i] = s;
-  return v;
+  using Lane = std::remove_cv_t<std::remove_reference_t<decltype(V{}[0])>>;
+  return Lane(s) - V{};
 }
 
 /// Lanes of a vector type.
