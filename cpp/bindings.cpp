@@ -167,6 +167,29 @@ void gmm_suff_stats(const carray<T>& X, const carray<T>& resp, bool resp_is_log,
   genfast::gmm::suff_stats<T>(s, cov, x, r, resp_is_log, n, sm, sc);
 }
 
+template <class T>
+void gmm_em_step(const carray<T>& X, const carray<T>& weights, const carray<T>& means,
+                 const carray<T>& prec_chol, const std::string& covariance_type,
+                 carray<T>& log_prob, carray<T>& nk, carray<T>& sums, carray<T>& scatter) {
+  using genfast::gmm::Covariance;
+  const auto cov = covariance_of(covariance_type);
+  require(X.ndim() == 2, "X must be 2-d (N, D)");
+  require(means.ndim() == 2 && means.shape(1) == X.shape(1), "means must have shape (K, D) matching X");
+  const genfast::gmm::Shape s{X.shape(0), means.shape(0), X.shape(1)};
+  require(s.K >= 1, "means must hold at least one component");
+  require_shape(weights, "weights", {s.K});
+  require_shape(prec_chol, "precisions_cholesky", precision_shape(cov, s.K, s.D));
+  require_shape(log_prob, "log_prob", {s.N});
+  require_shape(nk, "nk", {s.K});
+  require_shape(sums, "sums", {s.K, s.D});
+  require_shape(scatter, "scatter",
+                cov == Covariance::spherical ? std::vector<py::ssize_t>{s.K} : precision_shape(cov, s.K, s.D));
+  const T *x = X.data(), *w = weights.data(), *mu = means.data(), *p = prec_chol.data();
+  T *lp = log_prob.mutable_data(), *n = nk.mutable_data(), *sm = sums.mutable_data(), *sc = scatter.mutable_data();
+  py::gil_scoped_release release;
+  genfast::gmm::em_step<T>(s, cov, x, w, mu, p, lp, n, sm, sc);
+}
+
 template <class T> void bind_gmm(py::module_& m) {
   m.def("gmm_log_resp", &gmm_log_resp<T>, py::arg("X").noconvert(), py::arg("weights").noconvert(),
         py::arg("means").noconvert(), py::arg("precisions_cholesky").noconvert(),
@@ -176,6 +199,11 @@ template <class T> void bind_gmm(py::module_& m) {
         py::arg("resp_is_log"), py::arg("covariance_type"), py::arg("nk").noconvert(),
         py::arg("sums").noconvert(), py::arg("scatter").noconvert(),
         "Gaussian-mixture M-step statistics: writes nk, sums and the centred scatter.");
+  m.def("gmm_em_step", &gmm_em_step<T>, py::arg("X").noconvert(), py::arg("weights").noconvert(),
+        py::arg("means").noconvert(), py::arg("precisions_cholesky").noconvert(),
+        py::arg("covariance_type"), py::arg("log_prob").noconvert(), py::arg("nk").noconvert(),
+        py::arg("sums").noconvert(), py::arg("scatter").noconvert(),
+        "E-step and M-step statistics in one pass: writes log_prob, nk, sums and the scatter.");
 }
 
 template <class T> void bind_kmeans(py::module_& m) {

@@ -20,6 +20,16 @@ namespace {
 /// Points per batch of the M-step scatter: each accumulator is updated once per batch.
 constexpr int kScatterBatch = 8;
 
+/// Columns of the full/tied precision factor per register tile of the E-step product
+/// (2 columns x 8 point vectors = 16 accumulators need the 32 registers of AVX-512).
+constexpr int kFactorColumns = simd::kVectorRegisters >= 32 ? 2 : 1;
+
+/// Register tile of the fused EM step's scatter update: kRankRows rows of the scatter times
+/// up to kRankVectors vectors of columns (8 accumulators; every point loads 2 vectors and
+/// broadcasts 4 scalars for 8 FMAs).
+constexpr int kRankRows = 4;
+constexpr int kRankVectors = 2;
+
 /// E-step tile: `vectors` SIMD vectors of points, one point per lane, so that every
 /// per-component step is a vector operation over points.
 template <class T> struct Tile {
@@ -76,7 +86,24 @@ std::vector<double> component_constants(const Shape& s, Covariance cov, const T*
   return c;
 }
 
-/// ||(x - mu_k)^T P_k||^2 for the tile's points, one lane per point.
+/// Columns of the padded full/tied factors: D rounded up to a whole register tile.
+inline int64_t padded_columns(int64_t D) { return (D + kFactorColumns - 1) / kFactorColumns * kFactorColumns; }
+
+/// The factors the E-step reads: full/tied factors copied with zero columns appended up to
+/// padded_columns(D) ([K or 1][D][cols]); diag/spherical factors as given.
+template <class T>
+std::vector<T> estep_factors(const Shape& s, Covariance cov, const T* P) {
+  if (cov == Covariance::diag) return std::vector<T>(P, P + s.K * s.D);
+  if (cov == Covariance::spherical) return std::vector<T>(P, P + s.K);
+  const int64_t matrices = cov == Covariance::full ? s.K : 1, cols = padded_columns(s.D);
+  std::vector<T> padded(static_cast<size_t>(matrices * s.D * cols), T(0));
+  for (int64_t m = 0; m < matrices; ++m)
+    for (int64_t d = 0; d < s.D; ++d)
+      std::copy(P + (m * s.D + d) * s.D, P + (m * s.D + d + 1) * s.D, &padded[size_t((m * s.D + d) * cols)]);
+  return padded;
+}
+
+/// ||(x - mu_k)^T P_k||^2 for the tile's points, one lane per point (P from estep_factors).
 /// @param[in]  xt    [D][vectors] the tile's points, transposed
 /// @param[out] diff  [D][vectors] scratch
 /// @param[out] maha  [vectors]
@@ -90,17 +117,27 @@ void mahalanobis(const Shape& s, Covariance cov, int64_t k, const T* means, cons
   switch (cov) {
     case Covariance::full:
     case Covariance::tied: {
-      const T* Pk = P + (cov == Covariance::full ? k * s.D * s.D : 0);
+      // P holds the factors with columns padded to a multiple of kFactorColumns (zeros).
+      constexpr int J = kFactorColumns;
+      const int64_t cols = padded_columns(s.D);
+      const T* Pk = P + (cov == Covariance::full ? k * s.D * cols : 0);
       for (int64_t d = 0; d < s.D; ++d)
         for (int r = 0; r < R; ++r) diff[d * R + r] = xt[d * R + r] - mu[d];
-      // y_j = sum_{d <= j} (x_d - mu_d) P[d][j] (P upper triangular); maha = sum_j y_j^2
-      for (int64_t j = 0; j < s.D; ++j) {
-        V y[R] = {};
-        for (int64_t d = 0; d <= j; ++d) {
-          const T p = Pk[d * s.D + j];
-          for (int r = 0; r < R; ++r) y[r] += diff[d * R + r] * p;
+      // y_j = sum_{d <= j} (x_d - mu_d) P[d][j] (P upper triangular, so the rows past the
+      // tile's last column add zeros and are skipped); maha = sum_j y_j^2. J columns at a
+      // time, so that each diff vector loaded feeds J FMAs.
+      for (int64_t j0 = 0; j0 < s.D; j0 += J) {
+        V y[J][R] = {};
+        for (int64_t d = 0, rows = std::min<int64_t>(j0 + J, s.D); d < rows; ++d) {
+          V p[J];
+          for (int c = 0; c < J; ++c) p[c] = simd::broadcast<V>(Pk[d * cols + j0 + c]);
+          for (int r = 0; r < R; ++r) {
+            const V df = diff[d * R + r];
+            for (int c = 0; c < J; ++c) y[c][r] += df * p[c];
+          }
         }
-        for (int r = 0; r < R; ++r) maha[r] += y[r] * y[r];
+        for (int c = 0; c < J; ++c)
+          for (int r = 0; r < R; ++r) maha[r] += y[c][r] * y[c][r];
       }
       break;
     }
@@ -127,59 +164,264 @@ void mahalanobis(const Shape& s, Covariance cov, int64_t k, const T* means, cons
   }
 }
 
+/// The E-step of one tile of points: log w_k N(x_p | k) for every component and log p(x_p),
+/// one lane per point. Holds the scratch of one thread.
+template <class T> class EStepTile {
+ public:
+  using V = simd::vec_t<T>;
+  static constexpr int L = Tile<T>::lanes, R = Tile<T>::vectors, P = Tile<T>::points;
+
+  /// factors: from estep_factors; constants: from component_constants.
+  EStepTile(const Shape& s, Covariance cov, const T* means, const T* factors, const double* constants)
+      : s_(s), cov_(cov), means_(means), factors_(factors), constants_(constants),
+        xt_(size_t(s.D * R)), diff_(size_t(s.D * R)), joint_(size_t(s.K * R)) {}
+
+  /// Computes joint(k, r) and log_prob(r) for the n <= P points starting at x (rows of D).
+  /// A short tile repeats its last point in the unused lanes (their results are meaningless).
+  void compute(const T* x, int64_t n) {
+    const T neg_inf = -std::numeric_limits<T>::infinity();
+    for (int p = 0; p < P; ++p) {
+      const T* xp = x + std::min<int64_t>(p, n - 1) * s_.D;
+      for (int64_t d = 0; d < s_.D; ++d) xt_[size_t(d * R + p / L)][p % L] = xp[d];
+    }
+    // log w_k N(x | k) = constant_k - maha / 2
+    for (int64_t k = 0; k < s_.K; ++k) {
+      V maha[R];
+      mahalanobis<T>(s_, cov_, k, means_, factors_, xt_.data(), diff_.data(), maha);
+      for (int r = 0; r < R; ++r) joint_[size_t(k * R + r)] = T(constants_[k]) - T(0.5) * maha[r];
+    }
+    // log p(x) = m + log sum_k exp(joint_k - m), m = max_k joint_k (0 if all are -inf, so
+    // that an all -inf point gives log(0) = -inf instead of -inf - -inf = NaN).
+    for (int r = 0; r < R; ++r) {
+      V m = simd::broadcast<V>(neg_inf);
+      for (int64_t k = 0; k < s_.K; ++k) m = joint_[size_t(k * R + r)] > m ? joint_[size_t(k * R + r)] : m;
+      m = m == neg_inf ? V{} : m;
+      V sum{};
+      for (int64_t k = 0; k < s_.K; ++k) sum += vmath::exp_approx(joint_[size_t(k * R + r)] - m);
+      log_prob_[r] = m + vmath::log_approx(sum);
+    }
+  }
+
+  /// log w_k N(x | k) of the R point vectors, and log p(x).
+  const V* joint(int64_t k) const { return &joint_[size_t(k * R)]; }
+  const V* log_prob() const { return log_prob_; }
+
+ private:
+  Shape s_;
+  Covariance cov_;
+  const T *means_, *factors_;
+  const double* constants_;
+  std::vector<V> xt_, diff_, joint_;  // [D][R] transposed points, [D][R] scratch, [K][R]
+  V log_prob_[R];
+};
+
+/// Adds the lanes of v, widened to A, into the lane partials acc[0, lanes(T) / lanes(A)).
+template <class A, class T> void add_widened(simd::vec_t<A>* acc, simd::vec_t<T> v) {
+  constexpr int LA = simd::vector<A>::lanes, W = simd::vector<T>::lanes / LA;
+  for (int w = 0; w < W; ++w) {
+    simd::vec_t<A> part;
+    for (int l = 0; l < LA; ++l) part[l] = A(v[w * LA + l]);
+    acc[w] += part;
+  }
+}
+
+/// One register tile of the rank update S[a][v] += sum_p rd[p][a] * dm[p][v] for the rows
+/// a0 .. a0 + kRankRows - 1 and the C vectors of columns from v0 (rows of `stride` scalars).
+template <int C, class A>
+void rank_update_tile(int64_t n, int64_t stride, const A* rd, const A* dm, int64_t a0, int64_t v0,
+                      simd::vec_t<A>* S, int64_t S_row_vectors) {
+  using VA = simd::vec_t<A>;
+  constexpr int LA = simd::vector<A>::lanes;
+  VA c[kRankRows][C];
+  for (int i = 0; i < kRankRows; ++i)
+    for (int j = 0; j < C; ++j) c[i][j] = S[(a0 + i) * S_row_vectors + v0 + j];
+  for (int64_t p = 0; p < n; ++p) {
+    VA d[C];
+    for (int j = 0; j < C; ++j) d[j] = simd::load<VA>(dm + p * stride + (v0 + j) * LA);
+    for (int i = 0; i < kRankRows; ++i) {
+      const A b = rd[p * stride + a0 + i];
+      for (int j = 0; j < C; ++j) c[i][j] += b * d[j];
+    }
+  }
+  for (int i = 0; i < kRankRows; ++i)
+    for (int j = 0; j < C; ++j) S[(a0 + i) * S_row_vectors + v0 + j] = c[i][j];
+}
+
 }  // namespace
 
 template <class T>
 void log_resp(const Shape& s, Covariance cov, const T* X, const T* weights, const T* means,
               const T* prec_chol, T* log_prob, T* log_resp) {
-  using V = simd::vec_t<T>;
-  constexpr int L = Tile<T>::lanes, R = Tile<T>::vectors, P = Tile<T>::points;
+  using Tl = EStepTile<T>;
+  constexpr int L = Tl::L, P = Tl::P;
   if (s.K < 1) throw std::invalid_argument("need at least one component");
   const std::vector<double> constants = component_constants(s, cov, weights, prec_chol);
   if (s.N == 0) return;
+  const std::vector<T> factors = estep_factors(s, cov, prec_chol);
   const int64_t tiles = (s.N + P - 1) / P;
   const T neg_inf = -std::numeric_limits<T>::infinity();
 
 #pragma omp parallel
   {
-    std::vector<V> xt(size_t(s.D * R)), diff(size_t(s.D * R)), joint(size_t(s.K * R));
+    Tl tile(s, cov, means, factors.data(), constants.data());
 #pragma omp for schedule(dynamic)
-    for (int64_t tile = 0; tile < tiles; ++tile) {
-      const int64_t i0 = tile * P, n = std::min<int64_t>(P, s.N - i0);
-      // Transpose the tile; a short last tile repeats its last point (results discarded).
-      for (int p = 0; p < P; ++p) {
-        const T* x = X + (i0 + std::min<int64_t>(p, n - 1)) * s.D;
-        for (int64_t d = 0; d < s.D; ++d) xt[size_t(d * R + p / L)][p % L] = x[d];
-      }
-      // log w_k N(x | k) = constant_k - maha / 2
-      for (int64_t k = 0; k < s.K; ++k) {
-        V maha[R];
-        mahalanobis<T>(s, cov, k, means, prec_chol, xt.data(), diff.data(), maha);
-        for (int r = 0; r < R; ++r) joint[size_t(k * R + r)] = T(constants[size_t(k)]) - T(0.5) * maha[r];
-      }
-      // log p(x) = m + log sum_k exp(joint_k - m), m = max_k joint_k (0 if all are -inf, so
-      // that an all -inf point gives log(0) = -inf instead of -inf - -inf = NaN).
-      V lp[R];
-      for (int r = 0; r < R; ++r) {
-        V m = simd::broadcast<V>(neg_inf);
-        for (int64_t k = 0; k < s.K; ++k) m = joint[size_t(k * R + r)] > m ? joint[size_t(k * R + r)] : m;
-        m = m == neg_inf ? V{} : m;
-        V sum{};
-        for (int64_t k = 0; k < s.K; ++k) sum += vmath::exp_approx(joint[size_t(k * R + r)] - m);
-        lp[r] = m + vmath::log_approx(sum);
-      }
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t i0 = t * P, n = std::min<int64_t>(P, s.N - i0);
+      tile.compute(X + i0 * s.D, n);
       for (int64_t p = 0; p < n; ++p) {
-        const T lpp = lp[p / L][p % L];
+        const T lpp = tile.log_prob()[p / L][p % L];
         log_prob[i0 + p] = lpp;
         if (log_resp) {
           // log p(k | x) = log w_k N(x | k) - log p(x); -inf for a point of probability 0.
           T* out = log_resp + (i0 + p) * s.K;
           for (int64_t k = 0; k < s.K; ++k)
-            out[k] = lpp == neg_inf ? neg_inf : joint[size_t(k * R + p / L)][p % L] - lpp;
+            out[k] = lpp == neg_inf ? neg_inf : tile.joint(k)[p / L][p % L] - lpp;
         }
       }
     }
   }
+}
+
+template <class T>
+void em_step(const Shape& s, Covariance cov, const T* X, const T* weights, const T* means,
+             const T* prec_chol, T* log_prob, T* nk, T* sums, T* scatter) {
+  using A = accumulate_t<T>;
+  using VA = simd::vec_t<A>;
+  using V = simd::vec_t<T>;
+  using Tl = EStepTile<T>;
+  constexpr int L = Tl::L, R = Tl::R, P = Tl::P;
+  constexpr int LA = simd::vector<A>::lanes, W = L / LA;
+  if (s.K < 1) throw std::invalid_argument("need at least one component");
+  const std::vector<double> constants = component_constants(s, cov, weights, prec_chol);
+  const std::vector<T> factors = estep_factors(s, cov, prec_chol);
+  const int64_t K = s.K, D = s.D;
+  const bool matrix = cov == Covariance::full || cov == Covariance::tied;
+  // Points are widened to A and padded with zero lanes to DV vectors (a whole number of
+  // kRankVectors); the scatter keeps rows (D rounded up to kRankRows) of DV vectors.
+  const int64_t DV = ((D + LA - 1) / LA + kRankVectors - 1) / kRankVectors * kRankVectors;
+  const int64_t stride = DV * LA;
+  const int64_t rows = (D + kRankRows - 1) / kRankRows * kRankRows;
+  const int64_t per_matrix = matrix ? rows * DV : DV;
+  // Block accumulators (vectors): N_k lane partials [K][W], the sums centred on the current
+  // means, c_k = sum_n r_nk (x_n - m_k) [K][DV], and the scatter about m_k (tied: one
+  // matrix summed over k; diag/spherical: its diagonal).
+  const int64_t at_centred = K * W, at_scatter = at_centred + K * DV;
+  const int64_t row = at_scatter + (cov == Covariance::tied ? 1 : K) * per_matrix;
+  std::vector<A> m(static_cast<size_t>(K * stride), A(0));  // the current means, widened and padded
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t d = 0; d < D; ++d) m[size_t(k * stride + d)] = A(means[k * D + d]);
+
+  int64_t unused = 0;
+  const auto totals = blocked_sum<VA>(1, s.N, row, [&](int64_t, int64_t i0, int64_t i1, VA* acc) {
+    Tl tile(s, cov, means, factors.data(), constants.data());
+    std::vector<T> resp(static_cast<size_t>(K * P));
+    // The tile's points widened (x), minus m_k (dm), times r_nk (rd); padding lanes stay 0.
+    std::vector<A> x(static_cast<size_t>(P * stride), A(0)), dm(x), rd(x);
+    for (int64_t t0 = i0; t0 < i1; t0 += P) {
+      const int64_t n = std::min<int64_t>(P, i1 - t0);
+      tile.compute(X + t0 * D, n);
+      for (int64_t p = 0; p < n; ++p) log_prob[t0 + p] = tile.log_prob()[p / L][p % L];
+      // r_pk = exp(log w_k N(x_p | k) - log p(x_p)); 0 for a point of probability 0 (whose
+      // joint values are all -inf) and for the lanes past the tile's n points.
+      for (int r = 0; r < R; ++r) {
+        const V lp = tile.log_prob()[r];
+        const V shift = lp == -std::numeric_limits<T>::infinity() ? V{} : lp;
+        V valid;
+        for (int l = 0; l < L; ++l) valid[l] = r * L + l < n ? T(1) : T(0);
+        for (int64_t k = 0; k < K; ++k)
+          simd::store(&resp[size_t(k * P + r * L)], valid * vmath::exp_approx(tile.joint(k)[r] - shift));
+      }
+      for (int64_t p = 0; p < n; ++p)
+        for (int64_t d = 0; d < D; ++d) x[size_t(p * stride + d)] = A(X[(t0 + p) * D + d]);
+      for (int64_t k = 0; k < K; ++k) {
+        const T* rk = &resp[size_t(k * P)];
+        for (int r = 0; r < R; ++r) add_widened<A, T>(acc + k * W, simd::load<V>(rk + r * L));
+        bool any = false;  // a component with no weight in the tile adds exact zeros: skip it
+        for (int64_t p = 0; p < n && !any; ++p) any = rk[p] != T(0);
+        if (!any) continue;
+        VA* centred = acc + at_centred + k * DV;
+        VA* S = acc + at_scatter + (cov == Covariance::tied ? 0 : k) * per_matrix;
+        // One vector of features at a time over the tile's points, the sums in registers:
+        // d = x_p - m_k, c_k += r_p d, and diag/spherical S_k += r_p d^2 (full/tied stage d
+        // and r_p d for the rank update below).
+        for (int64_t v = 0; v < DV; ++v) {
+          const VA mkv = simd::load<VA>(&m[size_t(k * stride + v * LA)]);
+          VA sum_rd{}, sum_rdd{};
+          if (matrix) {
+            for (int64_t p = 0, at = v * LA; p < n; ++p, at += stride) {
+              const VA d = simd::load<VA>(&x[size_t(at)]) - mkv, q = A(rk[p]) * d;
+              simd::store(&dm[size_t(at)], d);
+              simd::store(&rd[size_t(at)], q);
+              sum_rd += q;
+            }
+          } else {
+            for (int64_t p = 0, at = v * LA; p < n; ++p, at += stride) {
+              const VA d = simd::load<VA>(&x[size_t(at)]) - mkv, q = A(rk[p]) * d;
+              sum_rd += q;
+              sum_rdd += q * d;
+            }
+            S[v] += sum_rdd;
+          }
+          centred[v] += sum_rd;
+        }
+        if (!matrix) continue;
+        // S[a][b] += sum_p r_p (x_pa - m_a)(x_pb - m_b) for the vectors holding b >= a.
+        for (int64_t a0 = 0; a0 < rows; a0 += kRankRows) {
+          int64_t v = a0 / LA;
+          for (; v + kRankVectors <= DV; v += kRankVectors)
+            rank_update_tile<kRankVectors>(n, stride, rd.data(), dm.data(), a0, v, S, DV);
+          for (; v < DV; ++v) rank_update_tile<1>(n, stride, rd.data(), dm.data(), a0, v, S, DV);
+        }
+      }
+    }
+    return int64_t(0);
+  }, unused);
+
+  // Move the statistics from m_k to mu_k = sums_k / (N_k + 10 eps): with c_k = sums_k - N_k m_k
+  // and delta_k = mu_k - m_k = (c_k - 10 eps m_k) / (N_k + 10 eps),
+  //   sum_n r_nk (x_n - mu_k)(x_n - mu_k)^T = S_k(m_k) - c_k delta_k^T - delta_k c_k^T + N_k delta_k delta_k^T.
+  const auto lane = [&](int64_t vector, int64_t l) { return totals[size_t(vector + l / LA)][l % LA]; };
+  std::vector<A> tied_upper(matrix ? static_cast<size_t>(D * D) : 0, A(0));
+  std::vector<A> c(static_cast<size_t>(D)), delta(static_cast<size_t>(D));
+  for (int64_t k = 0; k < K; ++k) {
+    A n = 0;
+    for (int64_t l = 0; l < L; ++l) n += lane(k * W, l);
+    nk[k] = T(n);
+    for (int64_t d = 0; d < D; ++d) {
+      c[size_t(d)] = lane(at_centred + k * DV, d);
+      const A mkd = m[size_t(k * stride + d)];
+      sums[k * D + d] = T(c[size_t(d)] + n * mkd);
+      delta[size_t(d)] = (c[size_t(d)] - empty_component_guard() * mkd) / (n + empty_component_guard());
+    }
+    const int64_t S0 = at_scatter + (cov == Covariance::tied ? 0 : k) * per_matrix;
+    const auto corrected = [&](A S_ab, int64_t a, int64_t b) {
+      return S_ab - c[size_t(a)] * delta[size_t(b)] - delta[size_t(a)] * c[size_t(b)] + n * delta[size_t(a)] * delta[size_t(b)];
+    };
+    switch (cov) {
+      case Covariance::full:
+        for (int64_t a = 0; a < D; ++a)
+          for (int64_t b = a; b < D; ++b)
+            scatter[(k * D + a) * D + b] = scatter[(k * D + b) * D + a] = T(corrected(lane(S0 + a * DV, b), a, b));
+        break;
+      case Covariance::tied:  // the shared S(m) once, each component's correction after it
+        for (int64_t a = 0; a < D; ++a)
+          for (int64_t b = a; b < D; ++b)
+            tied_upper[size_t(a * D + b)] = corrected(k == 0 ? lane(S0 + a * DV, b) : tied_upper[size_t(a * D + b)], a, b);
+        break;
+      case Covariance::diag:
+        for (int64_t d = 0; d < D; ++d) scatter[k * D + d] = T(corrected(lane(S0, d), d, d));
+        break;
+      case Covariance::spherical: {
+        A trace = 0;
+        for (int64_t d = 0; d < D; ++d) trace += corrected(lane(S0, d), d, d);
+        scatter[k] = T(trace);
+        break;
+      }
+    }
+  }
+  if (cov == Covariance::tied)
+    for (int64_t a = 0; a < D; ++a)
+      for (int64_t b = a; b < D; ++b) scatter[a * D + b] = scatter[b * D + a] = T(tied_upper[size_t(a * D + b)]);
 }
 
 template <class T>
@@ -317,7 +559,9 @@ void suff_stats(const Shape& s, Covariance cov, const T* X, const T* resp, bool 
 #define GENFAST_INSTANTIATE(T)                                                                \
   template void log_resp<T>(const Shape&, Covariance, const T*, const T*, const T*, const T*, \
                             T*, T*);                                                          \
-  template void suff_stats<T>(const Shape&, Covariance, const T*, const T*, bool, T*, T*, T*);
+  template void suff_stats<T>(const Shape&, Covariance, const T*, const T*, bool, T*, T*, T*); \
+  template void em_step<T>(const Shape&, Covariance, const T*, const T*, const T*, const T*, T*, \
+                           T*, T*, T*);
 GENFAST_INSTANTIATE(float)
 GENFAST_INSTANTIATE(double)
 #undef GENFAST_INSTANTIATE

@@ -37,4 +37,22 @@ template <class T>
 void suff_stats(const Shape& s, Covariance cov, const T* X, const T* resp, bool resp_is_log,
                 T* nk, T* sums, T* scatter);
 
+/// One whole EM iteration's statistics in one pass over X, without the N x K
+/// responsibilities: the E-step of `log_resp` on a tile of points, then that tile's
+/// responsibilities r_nk added into N_k, the sums and the scatter, accumulated in double over
+/// fixed blocks of points (bitwise the same for any thread count). The scatter is summed
+/// about the current means m_k (no cancellation while mu_k stays near m_k, which EM ensures)
+/// and then moved exactly to mu_k = sums_k / (N_k + 10 eps), so the outputs are those of
+/// suff_stats(X, exp(log_resp)) up to rounding.
+/// Throws std::invalid_argument as log_resp does.
+/// @param[in]  X          [N, D] points
+/// @param[in]  weights    [K] mixture weights (>= 0)
+/// @param[in]  means      [K, D] current means m_k
+/// @param[in]  prec_chol  precision Cholesky factors, shaped as `cov` says
+/// @param[out] log_prob   [N] log p(x_n) under the current parameters
+/// @param[out] nk, sums, scatter  as suff_stats
+template <class T>
+void em_step(const Shape& s, Covariance cov, const T* X, const T* weights, const T* means,
+             const T* prec_chol, T* log_prob, T* nk, T* sums, T* scatter);
+
 }  // namespace genfast::gmm

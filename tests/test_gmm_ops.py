@@ -1,4 +1,4 @@
-"""genfast.ops.gmm_log_resp / gmm_suff_stats against genfast.reference on fresh inputs."""
+"""genfast.ops.gmm_log_resp / gmm_suff_stats / gmm_em_step against genfast.reference on fresh inputs."""
 
 from __future__ import annotations
 
@@ -74,6 +74,69 @@ def test_kernels_match_reference_and_write_every_output(rng, seed, shape, covari
         assert rel_err(got, want) < RTOL[dtype], f"{name} seed={seed}"
 
 
+def reference_em_step(X, weights, means, prec, covariance_type):
+    """The fused step's contract: the E-step, then the statistics of exp(log_resp)."""
+    log_prob, log_resp = reference.gmm_log_resp(X, weights, means, prec, covariance_type)
+    return (log_prob, *reference.gmm_suff_stats(X, np.exp(log_resp), covariance_type))
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_em_step_matches_reference_and_writes_every_output(rng, seed, shape, covariance_type, dtype):
+    N, K, D = shape
+    weights, means, prec = (a.astype(dtype) for a in random_mixture(rng, K, D, covariance_type))
+    X = rng.normal(scale=1.5, size=(N, D)).astype(dtype)
+    outputs = [np.full(N, np.nan, dtype), np.full(K, np.nan, dtype), np.full((K, D), np.nan, dtype),
+               np.full(scatter_shape(covariance_type, K, D), np.nan, dtype)]
+    _core.gmm_em_step(X, weights, means, prec, covariance_type, *outputs)
+    want = reference_em_step(X, weights, means, prec, covariance_type)
+    for name, got, ref in zip(("log_prob", "nk", "sums", "scatter"), outputs, want):
+        assert rel_err(got, ref) < RTOL[dtype], f"{name} seed={seed}"
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_em_step_scatter_is_moved_exactly_from_far_means(rng, seed, covariance_type):
+    # The scatter is summed about the given means and moved to the new ones: the move must be
+    # exact however far apart they are (here 10 standard deviations, and the data at 1e4).
+    X = 1e4 + rng.normal(size=(3000, 3))
+    weights, _, prec = random_mixture(rng, 4, 3, covariance_type)
+    means = 1e4 + 10 * rng.normal(size=(4, 3))
+    got = ops.gmm_em_step(X, weights, means, 0.1 * prec, covariance_type)
+    want = reference_em_step(X, weights, means, 0.1 * prec, covariance_type)
+    for name, a, b in zip(("log_prob", "nk", "sums", "scatter"), got, want):
+        assert rel_err(a, b) < 1e-9, f"{name} seed={seed}"
+    X32 = (1e4 + 0.01 * rng.normal(size=(20_000, 3))).astype(np.float32)
+    _, _, _, scatter = ops.gmm_em_step(X32, weights, X32[:4], 10 * prec, covariance_type)
+    variances = np.diagonal(scatter, axis1=-2, axis2=-1) if covariance_type in ("full", "tied") else scatter
+    assert np.all(variances > 0), f"seed={seed}"
+
+
+def test_em_step_with_zero_probability_gives_zero_statistics_never_nan(rng, seed):
+    weights, means, prec = random_mixture(rng, 3, 2, "full")
+    X = rng.normal(size=(40, 2))
+    log_prob, nk, sums, scatter = ops.gmm_em_step(X, np.zeros(3), means, prec, "full")
+    assert np.all(log_prob == -np.inf), f"seed={seed}"
+    assert np.all(nk == 0) and np.all(sums == 0) and np.all(scatter == 0), f"seed={seed}"
+    weights[1] = 0  # a zero-weight component is empty: mean and scatter 0, the rest finite
+    _, nk, sums, scatter = ops.gmm_em_step(X, weights, means, prec, "full")
+    assert nk[1] == 0 and np.all(sums[1] == 0) and np.all(scatter[1] == 0), f"seed={seed}"
+    assert np.all(np.isfinite(scatter)), f"seed={seed}"
+
+
+def test_em_step_does_not_depend_on_the_thread_count(rng, seed):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    X = rng.normal(size=(20_000, 5))
+    results = []
+    for threads in (1, 2):
+        with threadpoolctl.threadpool_limits(threads, user_api="openmp"):
+            results.append([ops.gmm_em_step(X, *random_mixture(np.random.default_rng(seed), 4, 5, ct), ct)
+                            for ct in COVARIANCE_TYPES])
+    for a, b in zip(*results):
+        for x, y in zip(a, b):
+            assert np.array_equal(x, y), f"seed={seed}"
+
+
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 @pytest.mark.parametrize("kind", ["numpy", "torch"])
 def test_ops_return_the_input_kind_and_dtype(rng, seed, covariance_type, kind):
@@ -86,8 +149,10 @@ def test_ops_return_the_input_kind_and_dtype(rng, seed, covariance_type, kind):
         args = [torch.from_numpy(a) for a in args]
     log_prob, log_resp = ops.gmm_log_resp(*args, covariance_type, return_log_resp=True)
     nk, sums, scatter = ops.gmm_suff_stats(args[0], log_resp, covariance_type, log=True)
+    fused = ops.gmm_em_step(*args, covariance_type)
     for out, shape in ((log_prob, (N,)), (log_resp, (N, K)), (nk, (K,)), (sums, (K, D)),
-                       (scatter, scatter_shape(covariance_type, K, D))):
+                       (scatter, scatter_shape(covariance_type, K, D)), *zip(fused, (
+                           (N,), (K,), (K, D), scatter_shape(covariance_type, K, D)))):
         assert tuple(out.shape) == shape
         assert str(out.dtype).endswith("float32"), f"seed={seed}"
         assert (kind == "torch") == (type(out).__module__.startswith("torch"))
@@ -190,11 +255,12 @@ def _bad_log_resp_cases(rng):
     }
 
 
+@pytest.mark.parametrize("op", [ops.gmm_log_resp, ops.gmm_em_step], ids=["log_resp", "em_step"])
 @pytest.mark.parametrize("case", list(_bad_log_resp_cases(np.random.default_rng(0))))
-def test_gmm_log_resp_rejects_bad_input(rng, case):
+def test_gmm_e_step_ops_reject_bad_input(rng, op, case):
     args, error, name = _bad_log_resp_cases(rng)[case]
     with pytest.raises(error, match=name):
-        ops.gmm_log_resp(*args)
+        op(*args)
 
 
 @pytest.mark.parametrize("case", ["nan", "negative", "shape", "K0", "strings", "covariance_type"])

@@ -399,9 +399,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             converged = False
             for n_iter in range(1, self.max_iter + 1):
                 prev_lower_bound = lower_bound
-                log_prob_norm, log_resp = self._e_step(X, place, params)
-                params = self._m_step(X, place, log_resp)
-                lower_bound = log_prob_norm
+                lower_bound, params = self._em_step(X, place, params)
                 lower_bounds.append(lower_bound)
                 change = lower_bound - prev_lower_bound
                 self._print_verbose_msg_iter_end(n_iter, change)
@@ -510,7 +508,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _estimate_parameters(self, X, place, resp, *, log):
         """scikit-learn's _estimate_gaussian_parameters through the M-step kernel:
         (N_k + 10 eps, means, covariances), float64 on the host."""
-        nk, sums, scatter = ops.gmm_suff_stats(X, resp, self.covariance_type, log=log, check_finite=False)
+        stats = ops.gmm_suff_stats(X, resp, self.covariance_type, log=log, check_finite=False)
+        return self._parameters_from_statistics(X, place, *stats)
+
+    def _parameters_from_statistics(self, X, place, nk, sums, scatter):
+        """(N_k + 10 eps, means, covariances), float64 on the host, from the M-step statistics."""
         nk = place.host(nk) + _NK_EPS
         means = place.host(sums) / nk[:, None]
         covariances = _covariances_from_scatter(nk, place.host(scatter), self.covariance_type,
@@ -524,8 +526,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                                               self.covariance_type, return_log_resp=True, check_finite=False)
         return place.mean(log_prob), log_resp
 
-    def _m_step(self, X, place, log_resp):
-        nk, means, covariances = self._estimate_parameters(X, place, log_resp, log=True)
+    def _em_step(self, X, place, params):
+        """scikit-learn's E-step then M-step in one pass over X, without the (N, K)
+        responsibilities: (mean log-likelihood under `params`, the next parameters)."""
+        weights, means, _, prec_chol = params
+        log_prob, *stats = ops.gmm_em_step(X, place.put(weights), place.put(means), place.put(prec_chol),
+                                           self.covariance_type, check_finite=False)
+        nk, means, covariances = self._parameters_from_statistics(X, place, *stats)
         weights = nk / nk.sum()
         prec_chol = _precisions_cholesky(covariances, self.covariance_type, float(self.reg_covar), place.dtype)
         return weights, means, covariances, prec_chol

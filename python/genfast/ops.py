@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _backend as be
 
-__all__ = ["kmeans_assign", "kmeans_update", "kmeans_lloyd_step", "gmm_log_resp", "gmm_suff_stats"]
+__all__ = ["kmeans_assign", "kmeans_update", "kmeans_lloyd_step", "gmm_log_resp", "gmm_suff_stats", "gmm_em_step"]
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -253,6 +253,23 @@ def _param(name, value, place, dtype, shape, check_finite=True):
     return value
 
 
+def _mixture(X, weights, means, precisions_cholesky, covariance_type, check_finite):
+    """(placement, X (N, D), weights, means, factors, covariance type) checked against each
+    other, with X's dtype and placement."""
+    cov = _covariance_type(covariance_type)
+    place, X2 = _points_2d(X, check_finite)
+    D, dtype = X2.shape[1], be.dtype_name(X2)
+    be.same_placement("X", place, "means", means)
+    means = be.as_float("means", means, dtype=dtype, check_finite=check_finite)
+    if means.ndim != 2 or means.shape[1] != D or means.shape[0] < 1:
+        raise ValueError(f"means must have shape (K, {D}) with K >= 1, got {tuple(means.shape)}")
+    K = means.shape[0]
+    weights = _param("weights", weights, place, dtype, (K,), check_finite)
+    prec = _param("precisions_cholesky", precisions_cholesky, place, dtype,
+                  _covariance_shape(cov, K, D), check_finite)
+    return place, X2, weights, means, prec, cov
+
+
 def gmm_log_resp(X, weights, means, precisions_cholesky, covariance_type, *,
                  return_log_resp: bool = False, check_finite: bool = True):
     """Gaussian-mixture E-step: per-sample log-likelihood, optionally log-responsibilities.
@@ -275,24 +292,50 @@ def gmm_log_resp(X, weights, means, precisions_cholesky, covariance_type, *,
     log_prob : (N,), or (log_prob, log_resp) when return_log_resp. A point whose every
     component has probability 0 gets log_prob -inf and log_resp -inf (never NaN).
     """
-    cov = _covariance_type(covariance_type)
-    place, X2 = _points_2d(X, check_finite)
+    place, X2, weights, means, prec, cov = _mixture(X, weights, means, precisions_cholesky,
+                                                    covariance_type, check_finite)
     _require_host(place, "gmm_log_resp")
-    (N, D), dtype = X2.shape, be.dtype_name(X2)
-    be.same_placement("X", place, "means", means)
-    means = be.as_float("means", means, dtype=dtype, check_finite=check_finite)
-    if means.ndim != 2 or means.shape[1] != D or means.shape[0] < 1:
-        raise ValueError(f"means must have shape (K, {D}) with K >= 1, got {tuple(means.shape)}")
-    K = means.shape[0]
-    weights = _param("weights", weights, place, dtype, (K,), check_finite)
-    prec = _param("precisions_cholesky", precisions_cholesky, place, dtype,
-                  _covariance_shape(cov, K, D), check_finite)
+    (N, _), K, dtype = X2.shape, means.shape[0], be.dtype_name(X2)
     log_prob = be.empty(place, (N,), dtype)
     log_resp = be.empty(place, (N, K), dtype) if return_log_resp else None
     be._core.gmm_log_resp(be.host_view(X2), be.host_view(weights), be.host_view(means),
                           be.host_view(prec), cov, be.host_view(log_prob),
                           None if log_resp is None else be.host_view(log_resp))
     return (log_prob, log_resp) if return_log_resp else log_prob
+
+
+def gmm_em_step(X, weights, means, precisions_cholesky, covariance_type, *, check_finite: bool = True):
+    """One EM iteration's statistics in one pass over X, without the (N, K) responsibilities.
+
+    Equal (up to rounding) to ``gmm_log_resp(..., return_log_resp=True)`` followed by
+    ``gmm_suff_stats(X, log_resp, covariance_type, log=True)``, in O(N + K D^2) memory: each
+    tile of points gets its responsibilities and adds them into the statistics at once. The
+    scatter is accumulated in float64 about the current means and moved exactly to the new
+    ones, so it stays centred (float32 data far from the origin keeps positive variances).
+
+    Parameters are those of `gmm_log_resp`.
+
+    Returns
+    -------
+    log_prob : (N,) log p(x_n) under the given parameters (the lower bound is its mean)
+    nk, sums, scatter : as `gmm_suff_stats` returns them for the responsibilities of these
+        parameters; bitwise the same for any number of threads.
+    """
+    place, X2, weights, means, prec, cov = _mixture(X, weights, means, precisions_cholesky,
+                                                    covariance_type, check_finite)
+    if place.cuda:  # no fused CUDA kernel: the two ops, with the (N, K) matrix on the device
+        log_prob, log_resp = gmm_log_resp(X2, weights, means, prec, cov, return_log_resp=True,
+                                          check_finite=False)
+        return (log_prob, *gmm_suff_stats(X2, log_resp, cov, log=True, check_finite=False))
+    (N, D), K, dtype = X2.shape, means.shape[0], be.dtype_name(X2)
+    log_prob = be.empty(place, (N,), dtype)
+    nk = be.empty(place, (K,), dtype)
+    sums = be.empty(place, (K, D), dtype)
+    scatter = be.empty(place, _covariance_shape(cov, K, D), dtype)
+    be._core.gmm_em_step(be.host_view(X2), be.host_view(weights), be.host_view(means),
+                         be.host_view(prec), cov, be.host_view(log_prob), be.host_view(nk),
+                         be.host_view(sums), be.host_view(scatter))
+    return log_prob, nk, sums, scatter
 
 
 def gmm_suff_stats(X, resp, covariance_type, *, log: bool = False, check_finite: bool = True):
