@@ -103,12 +103,65 @@ std::vector<T> estep_factors(const Shape& s, Covariance cov, const T* P) {
   return padded;
 }
 
+/// The tied model's frame: the centre c = mean of the means, and the whitened means
+/// nu_k = (mu_k - c) P, [K][D]. With y = (x - c) P, ||(x - mu_k) P||^2 = ||y - nu_k||^2, so
+/// the D^2 product is done once per point instead of once per point and component;
+/// centring on c keeps y and nu_k at the scale of the data's spread, not its offset.
+template <class T>
+std::vector<T> tied_frame(const Shape& s, const T* means, const T* P) {
+  std::vector<double> c(static_cast<size_t>(s.D), 0.0);
+  for (int64_t k = 0; k < s.K; ++k)
+    for (int64_t d = 0; d < s.D; ++d) c[size_t(d)] += double(means[k * s.D + d]) / double(s.K);
+  // c rounded to T first: nu_k must be relative to the very c that the points are shifted by.
+  std::vector<T> frame(static_cast<size_t>((1 + s.K) * s.D));
+  for (int64_t d = 0; d < s.D; ++d) c[size_t(d)] = frame[size_t(d)] = T(c[size_t(d)]);
+  for (int64_t k = 0; k < s.K; ++k)
+    for (int64_t j = 0; j < s.D; ++j) {
+      double nu = 0;  // nu_kj = sum_{d <= j} (mu_kd - c_d) P[d][j]
+      for (int64_t d = 0; d <= j; ++d) nu += (double(means[k * s.D + d]) - c[size_t(d)]) * double(P[d * s.D + j]);
+      frame[size_t((1 + k) * s.D + j)] = T(nu);
+    }
+  return frame;
+}
+
+/// Y = diff^T P for the tile's points, one lane per point (P upper triangular, columns padded
+/// as estep_factors does): y_j = sum_{d <= j} diff_d P[d][j], J columns at a time so that
+/// each diff vector loaded feeds J FMAs. Square: maha += sum_j y_j^2 instead of storing y.
+/// @param[in]  diff  [D][vectors]
+/// @param[out] out   Square: maha [vectors] (added to); else y [D][vectors]
+template <bool Square, class T>
+void factor_product(int64_t D, const T* P, const simd::vec_t<T>* diff, simd::vec_t<T>* out) {
+  using V = simd::vec_t<T>;
+  constexpr int R = Tile<T>::vectors, J = kFactorColumns;
+  const int64_t cols = padded_columns(D);
+  for (int64_t j0 = 0; j0 < D; j0 += J) {
+    V y[J][R] = {};
+    // rows d > j0 + J - 1 meet zeros below the diagonal only: skipped
+    for (int64_t d = 0, rows = std::min<int64_t>(j0 + J, D); d < rows; ++d) {
+      V p[J];
+      for (int c = 0; c < J; ++c) p[c] = simd::broadcast<V>(P[d * cols + j0 + c]);
+      for (int r = 0; r < R; ++r) {
+        const V df = diff[d * R + r];
+        for (int c = 0; c < J; ++c) y[c][r] += df * p[c];
+      }
+    }
+    for (int c = 0; c < J && j0 + c < D; ++c)
+      for (int r = 0; r < R; ++r) {
+        if constexpr (Square)
+          out[r] += y[c][r] * y[c][r];
+        else
+          out[(j0 + c) * R + r] = y[c][r];
+      }
+  }
+}
+
 /// ||(x - mu_k)^T P_k||^2 for the tile's points, one lane per point (P from estep_factors).
-/// @param[in]  xt    [D][vectors] the tile's points, transposed
+/// @param[in]  xt    [D][vectors] the tile's points, transposed; tied: y = (x - c) P instead
+/// @param[in]  frame tied only: tied_frame
 /// @param[out] diff  [D][vectors] scratch
 /// @param[out] maha  [vectors]
 template <class T>
-void mahalanobis(const Shape& s, Covariance cov, int64_t k, const T* means, const T* P,
+void mahalanobis(const Shape& s, Covariance cov, int64_t k, const T* means, const T* P, const T* frame,
                  const simd::vec_t<T>* xt, simd::vec_t<T>* diff, simd::vec_t<T>* maha) {
   using V = simd::vec_t<T>;
   constexpr int R = Tile<T>::vectors;
@@ -116,29 +169,18 @@ void mahalanobis(const Shape& s, Covariance cov, int64_t k, const T* means, cons
   for (int r = 0; r < R; ++r) maha[r] = V{};
   switch (cov) {
     case Covariance::full:
-    case Covariance::tied: {
-      // P holds the factors with columns padded to a multiple of kFactorColumns (zeros).
-      constexpr int J = kFactorColumns;
-      const int64_t cols = padded_columns(s.D);
-      const T* Pk = P + (cov == Covariance::full ? k * s.D * cols : 0);
       for (int64_t d = 0; d < s.D; ++d)
         for (int r = 0; r < R; ++r) diff[d * R + r] = xt[d * R + r] - mu[d];
-      // y_j = sum_{d <= j} (x_d - mu_d) P[d][j] (P upper triangular, so the rows past the
-      // tile's last column add zeros and are skipped); maha = sum_j y_j^2. J columns at a
-      // time, so that each diff vector loaded feeds J FMAs.
-      for (int64_t j0 = 0; j0 < s.D; j0 += J) {
-        V y[J][R] = {};
-        for (int64_t d = 0, rows = std::min<int64_t>(j0 + J, s.D); d < rows; ++d) {
-          V p[J];
-          for (int c = 0; c < J; ++c) p[c] = simd::broadcast<V>(Pk[d * cols + j0 + c]);
-          for (int r = 0; r < R; ++r) {
-            const V df = diff[d * R + r];
-            for (int c = 0; c < J; ++c) y[c][r] += df * p[c];
-          }
+      factor_product<true>(s.D, P + k * s.D * padded_columns(s.D), diff, maha);
+      break;
+    case Covariance::tied: {
+      const T* nu = frame + (1 + k) * s.D;
+      // maha = ||y - nu_k||^2
+      for (int64_t j = 0; j < s.D; ++j)
+        for (int r = 0; r < R; ++r) {
+          const V t = xt[j * R + r] - nu[j];
+          maha[r] += t * t;
         }
-        for (int c = 0; c < J; ++c)
-          for (int r = 0; r < R; ++r) maha[r] += y[c][r] * y[c][r];
-      }
       break;
     }
     case Covariance::diag: {
@@ -171,9 +213,11 @@ template <class T> class EStepTile {
   using V = simd::vec_t<T>;
   static constexpr int L = Tile<T>::lanes, R = Tile<T>::vectors, P = Tile<T>::points;
 
-  /// factors: from estep_factors; constants: from component_constants.
-  EStepTile(const Shape& s, Covariance cov, const T* means, const T* factors, const double* constants)
-      : s_(s), cov_(cov), means_(means), factors_(factors), constants_(constants),
+  /// factors: from estep_factors; constants: from component_constants; frame: tied_frame
+  /// for the tied model (else unused).
+  EStepTile(const Shape& s, Covariance cov, const T* means, const T* factors, const T* frame,
+            const double* constants)
+      : s_(s), cov_(cov), means_(means), factors_(factors), frame_(frame), constants_(constants),
         xt_(size_t(s.D * R)), diff_(size_t(s.D * R)), joint_(size_t(s.K * R)) {}
 
   /// Computes joint(k, r) and log_prob(r) for the n <= P points starting at x (rows of D).
@@ -184,10 +228,15 @@ template <class T> class EStepTile {
       const T* xp = x + std::min<int64_t>(p, n - 1) * s_.D;
       for (int64_t d = 0; d < s_.D; ++d) xt_[size_t(d * R + p / L)][p % L] = xp[d];
     }
+    if (cov_ == Covariance::tied) {  // xt <- y = (x - c) P, once for all components
+      for (int64_t d = 0; d < s_.D; ++d)
+        for (int r = 0; r < R; ++r) diff_[size_t(d * R + r)] = xt_[size_t(d * R + r)] - frame_[d];
+      factor_product<false>(s_.D, factors_, diff_.data(), xt_.data());
+    }
     // log w_k N(x | k) = constant_k - maha / 2
     for (int64_t k = 0; k < s_.K; ++k) {
       V maha[R];
-      mahalanobis<T>(s_, cov_, k, means_, factors_, xt_.data(), diff_.data(), maha);
+      mahalanobis<T>(s_, cov_, k, means_, factors_, frame_, xt_.data(), diff_.data(), maha);
       for (int r = 0; r < R; ++r) joint_[size_t(k * R + r)] = T(constants_[k]) - T(0.5) * maha[r];
     }
     // log p(x) = m + log sum_k exp(joint_k - m), m = max_k joint_k (0 if all are -inf, so
@@ -209,7 +258,7 @@ template <class T> class EStepTile {
  private:
   Shape s_;
   Covariance cov_;
-  const T *means_, *factors_;
+  const T *means_, *factors_, *frame_;
   const double* constants_;
   std::vector<V> xt_, diff_, joint_;  // [D][R] transposed points, [D][R] scratch, [K][R]
   V log_prob_[R];
@@ -258,12 +307,13 @@ void log_resp(const Shape& s, Covariance cov, const T* X, const T* weights, cons
   const std::vector<double> constants = component_constants(s, cov, weights, prec_chol);
   if (s.N == 0) return;
   const std::vector<T> factors = estep_factors(s, cov, prec_chol);
+  const std::vector<T> frame = cov == Covariance::tied ? tied_frame(s, means, prec_chol) : std::vector<T>();
   const int64_t tiles = (s.N + P - 1) / P;
   const T neg_inf = -std::numeric_limits<T>::infinity();
 
 #pragma omp parallel
   {
-    Tl tile(s, cov, means, factors.data(), constants.data());
+    Tl tile(s, cov, means, factors.data(), frame.data(), constants.data());
 #pragma omp for schedule(dynamic)
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t i0 = t * P, n = std::min<int64_t>(P, s.N - i0);
@@ -294,29 +344,41 @@ void em_step(const Shape& s, Covariance cov, const T* X, const T* weights, const
   if (s.K < 1) throw std::invalid_argument("need at least one component");
   const std::vector<double> constants = component_constants(s, cov, weights, prec_chol);
   const std::vector<T> factors = estep_factors(s, cov, prec_chol);
+  const bool tied = cov == Covariance::tied, matrix = tied || cov == Covariance::full;
+  const std::vector<T> frame = tied ? tied_frame(s, means, prec_chol) : std::vector<T>();
   const int64_t K = s.K, D = s.D;
-  const bool matrix = cov == Covariance::full || cov == Covariance::tied;
   // Points are widened to A and padded with zero lanes to DV vectors (a whole number of
   // kRankVectors); the scatter keeps rows (D rounded up to kRankRows) of DV vectors.
   const int64_t DV = ((D + LA - 1) / LA + kRankVectors - 1) / kRankVectors * kRankVectors;
   const int64_t stride = DV * LA;
   const int64_t rows = (D + kRankRows - 1) / kRankRows * kRankRows;
   const int64_t per_matrix = matrix ? rows * DV : DV;
-  // Block accumulators (vectors): N_k lane partials [K][W], the sums centred on the current
-  // means, c_k = sum_n r_nk (x_n - m_k) [K][DV], and the scatter about m_k (tied: one
-  // matrix summed over k; diag/spherical: its diagonal).
+  // Block accumulators (vectors): N_k lane partials [K][W], the sums centred on the shift
+  // m_k, c_k = sum_n r_nk (x_n - m_k) [K][DV], and the scatter about m_k (diag/spherical:
+  // its diagonal). m_k are the current means, except for the tied model, whose one scatter
+  // is summed about the centre c of tied_frame: sum_k r_nk (x_n - c)(x_n - c)^T is one
+  // rank-1 update per point, weighted by sum_k r_nk.
   const int64_t at_centred = K * W, at_scatter = at_centred + K * DV;
-  const int64_t row = at_scatter + (cov == Covariance::tied ? 1 : K) * per_matrix;
-  std::vector<A> m(static_cast<size_t>(K * stride), A(0));  // the current means, widened and padded
+  const int64_t row = at_scatter + (tied ? 1 : K) * per_matrix;
+  std::vector<A> m(static_cast<size_t>(K * stride), A(0));  // the shifts m_k, widened and padded
   for (int64_t k = 0; k < K; ++k)
-    for (int64_t d = 0; d < D; ++d) m[size_t(k * stride + d)] = A(means[k * D + d]);
+    for (int64_t d = 0; d < D; ++d) m[size_t(k * stride + d)] = A(tied ? frame[size_t(d)] : means[k * D + d]);
 
   int64_t unused = 0;
   const auto totals = blocked_sum<VA>(1, s.N, row, [&](int64_t, int64_t i0, int64_t i1, VA* acc) {
-    Tl tile(s, cov, means, factors.data(), constants.data());
+    Tl tile(s, cov, means, factors.data(), frame.data(), constants.data());
     std::vector<T> resp(static_cast<size_t>(K * P));
     // The tile's points widened (x), minus m_k (dm), times r_nk (rd); padding lanes stay 0.
-    std::vector<A> x(static_cast<size_t>(P * stride), A(0)), dm(x), rd(x);
+    std::vector<A> x(static_cast<size_t>(P * stride), A(0)), dm(x), rd(x), rsum(static_cast<size_t>(P));
+    // S[a][b] += sum_p rd_pa dm_pb for the vectors holding b >= a.
+    const auto rank_update = [&](int64_t n, VA* S) {
+      for (int64_t a0 = 0; a0 < rows; a0 += kRankRows) {
+        int64_t v = a0 / LA;
+        for (; v + kRankVectors <= DV; v += kRankVectors)
+          rank_update_tile<kRankVectors>(n, stride, rd.data(), dm.data(), a0, v, S, DV);
+        for (; v < DV; ++v) rank_update_tile<1>(n, stride, rd.data(), dm.data(), a0, v, S, DV);
+      }
+    };
     for (int64_t t0 = i0; t0 < i1; t0 += P) {
       const int64_t n = std::min<int64_t>(P, i1 - t0);
       tile.compute(X + t0 * D, n);
@@ -333,6 +395,13 @@ void em_step(const Shape& s, Covariance cov, const T* X, const T* weights, const
       }
       for (int64_t p = 0; p < n; ++p)
         for (int64_t d = 0; d < D; ++d) x[size_t(p * stride + d)] = A(X[(t0 + p) * D + d]);
+      if (tied) {  // dm = x - c for every component
+        for (int64_t p = 0; p < n; ++p)
+          for (int64_t v = 0; v < DV; ++v)
+            simd::store(&dm[size_t(p * stride + v * LA)],
+                        simd::load<VA>(&x[size_t(p * stride + v * LA)]) - simd::load<VA>(&m[size_t(v * LA)]));
+        std::fill(rsum.begin(), rsum.end(), A(0));
+      }
       for (int64_t k = 0; k < K; ++k) {
         const T* rk = &resp[size_t(k * P)];
         for (int r = 0; r < R; ++r) add_widened<A, T>(acc + k * W, simd::load<V>(rk + r * L));
@@ -340,14 +409,17 @@ void em_step(const Shape& s, Covariance cov, const T* X, const T* weights, const
         for (int64_t p = 0; p < n && !any; ++p) any = rk[p] != T(0);
         if (!any) continue;
         VA* centred = acc + at_centred + k * DV;
-        VA* S = acc + at_scatter + (cov == Covariance::tied ? 0 : k) * per_matrix;
+        VA* S = acc + at_scatter + (tied ? 0 : k) * per_matrix;
         // One vector of features at a time over the tile's points, the sums in registers:
-        // d = x_p - m_k, c_k += r_p d, and diag/spherical S_k += r_p d^2 (full/tied stage d
-        // and r_p d for the rank update below).
+        // d = x_p - m_k, c_k += r_p d; diag/spherical S_k += r_p d^2; full stages d and r_p d
+        // for the rank update below; tied adds r_pk into the point's weight.
         for (int64_t v = 0; v < DV; ++v) {
           const VA mkv = simd::load<VA>(&m[size_t(k * stride + v * LA)]);
           VA sum_rd{}, sum_rdd{};
-          if (matrix) {
+          if (tied) {
+            for (int64_t p = 0, at = v * LA; p < n; ++p, at += stride)
+              sum_rd += A(rk[p]) * simd::load<VA>(&dm[size_t(at)]);
+          } else if (matrix) {
             for (int64_t p = 0, at = v * LA; p < n; ++p, at += stride) {
               const VA d = simd::load<VA>(&x[size_t(at)]) - mkv, q = A(rk[p]) * d;
               simd::store(&dm[size_t(at)], d);
@@ -364,14 +436,16 @@ void em_step(const Shape& s, Covariance cov, const T* X, const T* weights, const
           }
           centred[v] += sum_rd;
         }
-        if (!matrix) continue;
-        // S[a][b] += sum_p r_p (x_pa - m_a)(x_pb - m_b) for the vectors holding b >= a.
-        for (int64_t a0 = 0; a0 < rows; a0 += kRankRows) {
-          int64_t v = a0 / LA;
-          for (; v + kRankVectors <= DV; v += kRankVectors)
-            rank_update_tile<kRankVectors>(n, stride, rd.data(), dm.data(), a0, v, S, DV);
-          for (; v < DV; ++v) rank_update_tile<1>(n, stride, rd.data(), dm.data(), a0, v, S, DV);
-        }
+        if (tied)
+          for (int64_t p = 0; p < n; ++p) rsum[size_t(p)] += A(rk[p]);
+        else if (matrix)
+          rank_update(n, S);
+      }
+      if (tied) {  // S += sum_p (sum_k r_pk) (x_p - c)(x_p - c)^T
+        for (int64_t p = 0; p < n; ++p)
+          for (int64_t v = 0; v < DV; ++v)
+            simd::store(&rd[size_t(p * stride + v * LA)], rsum[size_t(p)] * simd::load<VA>(&dm[size_t(p * stride + v * LA)]));
+        rank_update(n, acc + at_scatter);
       }
     }
     return int64_t(0);
@@ -403,7 +477,7 @@ void em_step(const Shape& s, Covariance cov, const T* X, const T* weights, const
           for (int64_t b = a; b < D; ++b)
             scatter[(k * D + a) * D + b] = scatter[(k * D + b) * D + a] = T(corrected(lane(S0 + a * DV, b), a, b));
         break;
-      case Covariance::tied:  // the shared S(m) once, each component's correction after it
+      case Covariance::tied:  // the shared S(c) once, each component's correction after it
         for (int64_t a = 0; a < D; ++a)
           for (int64_t b = a; b < D; ++b)
             tied_upper[size_t(a * D + b)] = corrected(k == 0 ? lane(S0 + a * DV, b) : tied_upper[size_t(a * D + b)], a, b);

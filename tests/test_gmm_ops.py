@@ -112,6 +112,19 @@ def test_em_step_scatter_is_moved_exactly_from_far_means(rng, seed, covariance_t
     assert np.all(variances > 0), f"seed={seed}"
 
 
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_float32_log_likelihood_far_from_origin(rng, seed, covariance_type):
+    # Data and means at 1e4 with unit spread: the Mahalanobis terms must be formed from
+    # differences at the scale of the spread (tied whitens about the centre of the means).
+    X = (1e4 + rng.normal(size=(2000, 4))).astype(np.float32)
+    weights, _, prec = (a.astype(np.float32) for a in random_mixture(rng, 5, 4, covariance_type))
+    means = X[:5].copy()
+    got = ops.gmm_em_step(X, weights, means, prec, covariance_type)
+    want = reference_em_step(X, weights, means, prec, covariance_type)
+    for name, a, b in zip(("log_prob", "nk", "sums", "scatter"), got, want):
+        assert rel_err(a, b) < 1e-4, f"{name} seed={seed}"
+
+
 def test_em_step_with_zero_probability_gives_zero_statistics_never_nan(rng, seed):
     weights, means, prec = random_mixture(rng, 3, 2, "full")
     X = rng.normal(size=(40, 2))

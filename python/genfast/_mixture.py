@@ -535,7 +535,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         nk, means, covariances = self._parameters_from_statistics(X, place, *stats)
         weights = nk / nk.sum()
         prec_chol = _precisions_cholesky(covariances, self.covariance_type, float(self.reg_covar), place.dtype)
-        return weights, means, covariances, prec_chol
+        return place.mean(log_prob), (weights, means, covariances, prec_chol)
 
     def _get_parameters_from_attributes(self):
         return tuple(np.asarray(a, dtype=np.float64) for a in
