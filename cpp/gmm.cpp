@@ -103,25 +103,15 @@ std::vector<T> estep_factors(const Shape& s, Covariance cov, const T* P) {
   return padded;
 }
 
-/// The tied model's frame: the centre c = mean of the means, and the whitened means
-/// nu_k = (mu_k - c) P, [K][D]. With y = (x - c) P, ||(x - mu_k) P||^2 = ||y - nu_k||^2, so
-/// the D^2 product is done once per point instead of once per point and component;
-/// centring on c keeps y and nu_k at the scale of the data's spread, not its offset.
+/// The means transposed and zero-padded to whole tiles, [D][K rounded up to the tile's
+/// points], so that a tile's whitened means (EStepTile, tied) are vector operations.
 template <class T>
-std::vector<T> tied_frame(const Shape& s, const T* means, const T* P) {
-  std::vector<double> c(static_cast<size_t>(s.D), 0.0);
+std::vector<T> transposed_means(const Shape& s, const T* means) {
+  const int64_t KP = (s.K + Tile<T>::points - 1) / Tile<T>::points * Tile<T>::points;
+  std::vector<T> t(static_cast<size_t>(s.D * KP), T(0));
   for (int64_t k = 0; k < s.K; ++k)
-    for (int64_t d = 0; d < s.D; ++d) c[size_t(d)] += double(means[k * s.D + d]) / double(s.K);
-  // c rounded to T first: nu_k must be relative to the very c that the points are shifted by.
-  std::vector<T> frame(static_cast<size_t>((1 + s.K) * s.D));
-  for (int64_t d = 0; d < s.D; ++d) c[size_t(d)] = frame[size_t(d)] = T(c[size_t(d)]);
-  for (int64_t k = 0; k < s.K; ++k)
-    for (int64_t j = 0; j < s.D; ++j) {
-      double nu = 0;  // nu_kj = sum_{d <= j} (mu_kd - c_d) P[d][j]
-      for (int64_t d = 0; d <= j; ++d) nu += (double(means[k * s.D + d]) - c[size_t(d)]) * double(P[d * s.D + j]);
-      frame[size_t((1 + k) * s.D + j)] = T(nu);
-    }
-  return frame;
+    for (int64_t d = 0; d < s.D; ++d) t[size_t(d * KP + k)] = means[k * s.D + d];
+  return t;
 }
 
 /// Y = diff^T P for the tile's points, one lane per point (P upper triangular, columns padded
@@ -141,7 +131,8 @@ void factor_product(int64_t D, const T* P, const simd::vec_t<T>* diff, simd::vec
       V p[J];
       for (int c = 0; c < J; ++c) p[c] = simd::broadcast<V>(P[d * cols + j0 + c]);
       for (int r = 0; r < R; ++r) {
-        const V df = diff[d * R + r];
+        V df = diff[d * R + r];
+        simd::keep_in_register(df);
         for (int c = 0; c < J; ++c) y[c][r] += df * p[c];
       }
     }
@@ -157,12 +148,12 @@ void factor_product(int64_t D, const T* P, const simd::vec_t<T>* diff, simd::vec
 
 /// ||(x - mu_k)^T P_k||^2 for the tile's points, one lane per point (P from estep_factors).
 /// @param[in]  xt    [D][vectors] the tile's points, transposed; tied: y = (x - c) P instead
-/// @param[in]  frame tied only: tied_frame
+/// @param[in]  nu    tied only: the whitened means (mu_k - c) P, [D][KP]
 /// @param[out] diff  [D][vectors] scratch
 /// @param[out] maha  [vectors]
 template <class T>
-void mahalanobis(const Shape& s, Covariance cov, int64_t k, const T* means, const T* P, const T* frame,
-                 const simd::vec_t<T>* xt, simd::vec_t<T>* diff, simd::vec_t<T>* maha) {
+void mahalanobis(const Shape& s, Covariance cov, int64_t k, const T* means, const T* P, const T* nu,
+                 int64_t KP, const simd::vec_t<T>* xt, simd::vec_t<T>* diff, simd::vec_t<T>* maha) {
   using V = simd::vec_t<T>;
   constexpr int R = Tile<T>::vectors;
   const T* mu = means + k * s.D;
@@ -174,11 +165,10 @@ void mahalanobis(const Shape& s, Covariance cov, int64_t k, const T* means, cons
       factor_product<true>(s.D, P + k * s.D * padded_columns(s.D), diff, maha);
       break;
     case Covariance::tied: {
-      const T* nu = frame + (1 + k) * s.D;
       // maha = ||y - nu_k||^2
       for (int64_t j = 0; j < s.D; ++j)
         for (int r = 0; r < R; ++r) {
-          const V t = xt[j * R + r] - nu[j];
+          const V t = xt[j * R + r] - nu[j * KP + k];
           maha[r] += t * t;
         }
       break;
@@ -213,12 +203,13 @@ template <class T> class EStepTile {
   using V = simd::vec_t<T>;
   static constexpr int L = Tile<T>::lanes, R = Tile<T>::vectors, P = Tile<T>::points;
 
-  /// factors: from estep_factors; constants: from component_constants; frame: tied_frame
-  /// for the tied model (else unused).
-  EStepTile(const Shape& s, Covariance cov, const T* means, const T* factors, const T* frame,
+  /// factors: from estep_factors; constants: from component_constants; means_t: tied only,
+  /// transposed_means.
+  EStepTile(const Shape& s, Covariance cov, const T* means, const T* factors, const T* means_t,
             const double* constants)
-      : s_(s), cov_(cov), means_(means), factors_(factors), frame_(frame), constants_(constants),
-        xt_(size_t(s.D * R)), diff_(size_t(s.D * R)), joint_(size_t(s.K * R)) {}
+      : s_(s), cov_(cov), means_(means), factors_(factors), means_t_(means_t), constants_(constants),
+        KP_((s.K + P - 1) / P * P), xt_(size_t(s.D * R)), diff_(size_t(s.D * R)), joint_(size_t(s.K * R)),
+        nu_(cov == Covariance::tied ? size_t(s.D * KP_) : 0) {}
 
   /// Computes joint(k, r) and log_prob(r) for the n <= P points starting at x (rows of D).
   /// A short tile repeats its last point in the unused lanes (their results are meaningless).
@@ -228,15 +219,11 @@ template <class T> class EStepTile {
       const T* xp = x + std::min<int64_t>(p, n - 1) * s_.D;
       for (int64_t d = 0; d < s_.D; ++d) xt_[size_t(d * R + p / L)][p % L] = xp[d];
     }
-    if (cov_ == Covariance::tied) {  // xt <- y = (x - c) P, once for all components
-      for (int64_t d = 0; d < s_.D; ++d)
-        for (int r = 0; r < R; ++r) diff_[size_t(d * R + r)] = xt_[size_t(d * R + r)] - frame_[d];
-      factor_product<false>(s_.D, factors_, diff_.data(), xt_.data());
-    }
+    if (cov_ == Covariance::tied) whiten(x);
     // log w_k N(x | k) = constant_k - maha / 2
     for (int64_t k = 0; k < s_.K; ++k) {
       V maha[R];
-      mahalanobis<T>(s_, cov_, k, means_, factors_, frame_, xt_.data(), diff_.data(), maha);
+      mahalanobis<T>(s_, cov_, k, means_, factors_, nu_.data(), KP_, xt_.data(), diff_.data(), maha);
       for (int r = 0; r < R; ++r) joint_[size_t(k * R + r)] = T(constants_[k]) - T(0.5) * maha[r];
     }
     // log p(x) = m + log sum_k exp(joint_k - m), m = max_k joint_k (0 if all are -inf, so
@@ -256,11 +243,33 @@ template <class T> class EStepTile {
   const V* log_prob() const { return log_prob_; }
 
  private:
+  /// Tied: ||(x - mu_k) P||^2 = ||y - nu_k||^2 with y = (x - c) P and nu_k = (mu_k - c) P, so
+  /// the D^2 product is done once per point (xt <- y) and once per component per tile (nu),
+  /// not once per point and component. The centre c is the tile's first point, so y and
+  /// the nu_k of the nearby components stay at the scale of the tile's spread, never of
+  /// the data's offset or of a far-away component.
+  void whiten(const T* c) {
+    for (int64_t d = 0; d < s_.D; ++d)
+      for (int r = 0; r < R; ++r) diff_[size_t(d * R + r)] = xt_[size_t(d * R + r)] - c[d];
+    factor_product<false>(s_.D, factors_, diff_.data(), xt_.data());
+    std::vector<V> nu(size_t(s_.D * R));
+    for (int64_t k0 = 0; k0 < KP_; k0 += P) {
+      for (int64_t d = 0; d < s_.D; ++d)
+        for (int r = 0; r < R; ++r)
+          diff_[size_t(d * R + r)] = simd::load<V>(&means_t_[size_t(d * KP_ + k0 + r * L)]) - c[d];
+      factor_product<false>(s_.D, factors_, diff_.data(), nu.data());
+      for (int64_t d = 0; d < s_.D; ++d)
+        for (int r = 0; r < R; ++r) simd::store(&nu_[size_t(d * KP_ + k0 + r * L)], nu[size_t(d * R + r)]);
+    }
+  }
+
   Shape s_;
   Covariance cov_;
-  const T *means_, *factors_, *frame_;
+  const T *means_, *factors_, *means_t_;
   const double* constants_;
+  int64_t KP_;  // components rounded up to whole tiles
   std::vector<V> xt_, diff_, joint_;  // [D][R] transposed points, [D][R] scratch, [K][R]
+  std::vector<T> nu_;                 // tied: the tile's whitened means [D][KP]
   V log_prob_[R];
 };
 
@@ -286,7 +295,10 @@ void rank_update_tile(int64_t n, int64_t stride, const A* rd, const A* dm, int64
     for (int j = 0; j < C; ++j) c[i][j] = S[(a0 + i) * S_row_vectors + v0 + j];
   for (int64_t p = 0; p < n; ++p) {
     VA d[C];
-    for (int j = 0; j < C; ++j) d[j] = simd::load<VA>(dm + p * stride + (v0 + j) * LA);
+    for (int j = 0; j < C; ++j) {
+      d[j] = simd::load<VA>(dm + p * stride + (v0 + j) * LA);
+      simd::keep_in_register(d[j]);
+    }
     for (int i = 0; i < kRankRows; ++i) {
       const A b = rd[p * stride + a0 + i];
       for (int j = 0; j < C; ++j) c[i][j] += b * d[j];
@@ -294,6 +306,21 @@ void rank_update_tile(int64_t n, int64_t stride, const A* rd, const A* dm, int64
   }
   for (int i = 0; i < kRankRows; ++i)
     for (int j = 0; j < C; ++j) S[(a0 + i) * S_row_vectors + v0 + j] = c[i][j];
+}
+
+/// The rank update S[a][v] += sum_p rd[p][a] * dm[p][v] over n points for the vectors v
+/// holding columns b >= a (the upper triangle, by whole vectors), in register tiles; rows of
+/// `stride` scalars, S rows of `vectors` vectors.
+template <class A>
+void rank_update(int64_t n, int64_t rows, int64_t stride, int64_t vectors, const A* rd, const A* dm,
+                 simd::vec_t<A>* S) {
+  constexpr int LA = simd::vector<A>::lanes;
+  for (int64_t a0 = 0; a0 < rows; a0 += kRankRows) {
+    int64_t v = a0 / LA;
+    for (; v + kRankVectors <= vectors; v += kRankVectors)
+      rank_update_tile<kRankVectors>(n, stride, rd, dm, a0, v, S, vectors);
+    for (; v < vectors; ++v) rank_update_tile<1>(n, stride, rd, dm, a0, v, S, vectors);
+  }
 }
 
 }  // namespace
@@ -307,13 +334,13 @@ void log_resp(const Shape& s, Covariance cov, const T* X, const T* weights, cons
   const std::vector<double> constants = component_constants(s, cov, weights, prec_chol);
   if (s.N == 0) return;
   const std::vector<T> factors = estep_factors(s, cov, prec_chol);
-  const std::vector<T> frame = cov == Covariance::tied ? tied_frame(s, means, prec_chol) : std::vector<T>();
+  const std::vector<T> means_t = cov == Covariance::tied ? transposed_means(s, means) : std::vector<T>();
   const int64_t tiles = (s.N + P - 1) / P;
   const T neg_inf = -std::numeric_limits<T>::infinity();
 
 #pragma omp parallel
   {
-    Tl tile(s, cov, means, factors.data(), frame.data(), constants.data());
+    Tl tile(s, cov, means, factors.data(), means_t.data(), constants.data());
 #pragma omp for schedule(dynamic)
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t i0 = t * P, n = std::min<int64_t>(P, s.N - i0);
@@ -344,41 +371,39 @@ void em_step(const Shape& s, Covariance cov, const T* X, const T* weights, const
   if (s.K < 1) throw std::invalid_argument("need at least one component");
   const std::vector<double> constants = component_constants(s, cov, weights, prec_chol);
   const std::vector<T> factors = estep_factors(s, cov, prec_chol);
-  const bool tied = cov == Covariance::tied, matrix = tied || cov == Covariance::full;
-  const std::vector<T> frame = tied ? tied_frame(s, means, prec_chol) : std::vector<T>();
+  const bool tied = cov == Covariance::tied, full = cov == Covariance::full;
+  const std::vector<T> means_t = tied ? transposed_means(s, means) : std::vector<T>();
   const int64_t K = s.K, D = s.D;
-  // Points are widened to A and padded with zero lanes to DV vectors (a whole number of
-  // kRankVectors); the scatter keeps rows (D rounded up to kRankRows) of DV vectors.
-  const int64_t DV = ((D + LA - 1) / LA + kRankVectors - 1) / kRankVectors * kRankVectors;
-  const int64_t stride = DV * LA;
+  // A tile's points are staged as rows of `stride` values (zero-padded past D, at least
+  // `rows` = D rounded up to kRankRows): DV vectors of T, or DVA vectors of A for the tied
+  // model's rank-1 update.
   const int64_t rows = (D + kRankRows - 1) / kRankRows * kRankRows;
-  const int64_t per_matrix = matrix ? rows * DV : DV;
-  // Block accumulators (vectors): N_k lane partials [K][W], the sums centred on the shift
-  // m_k, c_k = sum_n r_nk (x_n - m_k) [K][DV], and the scatter about m_k (diag/spherical:
-  // its diagonal). m_k are the current means, except for the tied model, whose one scatter
-  // is summed about the centre c of tied_frame: sum_k r_nk (x_n - c)(x_n - c)^T is one
-  // rank-1 update per point, weighted by sum_k r_nk.
-  const int64_t at_centred = K * W, at_scatter = at_centred + K * DV;
+  const int64_t stride = (rows + L - 1) / L * L, DV = stride / L;
+  const int64_t strideA = (rows + LA - 1) / LA * LA, DVA = strideA / LA;
+  // Each tile's sums are formed in T (at most P terms) and added into the block's, in A.
+  // Block accumulators (A vectors): N_k lane partials [K][W], the sums centred on the shift
+  // m_k, c_k = sum_n r_nk (x_n - m_k) [K][DV W], and the scatter about m_k (full:
+  // [K][rows][DV W]; diag/spherical: its diagonal [K][DV W]). m_k are the current means,
+  // except for the tied model, whose one scatter [rows][DVA] is summed about c = the first
+  // point: sum_k r_nk (x_n - c)(x_n - c)^T is one rank-1 update per point, weighted by
+  // sum_k r_nk, kept in A throughout because it also holds the spread between the means.
+  const int64_t row_vectors = tied ? DVA : DV * W;  // A vectors per row of the scatter
+  const int64_t at_centred = K * W, at_scatter = at_centred + K * DV * W;
+  const int64_t per_matrix = full || tied ? rows * row_vectors : row_vectors;
   const int64_t row = at_scatter + (tied ? 1 : K) * per_matrix;
-  std::vector<A> m(static_cast<size_t>(K * stride), A(0));  // the shifts m_k, widened and padded
+  std::vector<T> m(static_cast<size_t>(K * stride), T(0));  // the shifts m_k, padded
   for (int64_t k = 0; k < K; ++k)
-    for (int64_t d = 0; d < D; ++d) m[size_t(k * stride + d)] = A(tied ? frame[size_t(d)] : means[k * D + d]);
+    for (int64_t d = 0; d < D; ++d) m[size_t(k * stride + d)] = !tied ? means[k * D + d] : s.N ? X[d] : T(0);
 
   int64_t unused = 0;
   const auto totals = blocked_sum<VA>(1, s.N, row, [&](int64_t, int64_t i0, int64_t i1, VA* acc) {
-    Tl tile(s, cov, means, factors.data(), frame.data(), constants.data());
+    Tl tile(s, cov, means, factors.data(), means_t.data(), constants.data());
     std::vector<T> resp(static_cast<size_t>(K * P));
-    // The tile's points widened (x), minus m_k (dm), times r_nk (rd); padding lanes stay 0.
-    std::vector<A> x(static_cast<size_t>(P * stride), A(0)), dm(x), rd(x), rsum(static_cast<size_t>(P));
-    // S[a][b] += sum_p rd_pa dm_pb for the vectors holding b >= a.
-    const auto rank_update = [&](int64_t n, VA* S) {
-      for (int64_t a0 = 0; a0 < rows; a0 += kRankRows) {
-        int64_t v = a0 / LA;
-        for (; v + kRankVectors <= DV; v += kRankVectors)
-          rank_update_tile<kRankVectors>(n, stride, rd.data(), dm.data(), a0, v, S, DV);
-        for (; v < DV; ++v) rank_update_tile<1>(n, stride, rd.data(), dm.data(), a0, v, S, DV);
-      }
-    };
+    // The tile's points (x), minus m_k (dm), times r_nk (rd); padding lanes stay 0. St: a
+    // component's scatter over the tile (full).
+    std::vector<T> x(static_cast<size_t>(P * stride), T(0)), dm(x), rd(x);
+    std::vector<V> St(full ? static_cast<size_t>(rows * DV) : 0);
+    std::vector<A> dmA(tied ? static_cast<size_t>(P * strideA) : 0, A(0)), rdA(dmA), rsum(static_cast<size_t>(P));
     for (int64_t t0 = i0; t0 < i1; t0 += P) {
       const int64_t n = std::min<int64_t>(P, i1 - t0);
       tile.compute(X + t0 * D, n);
@@ -393,13 +418,13 @@ void em_step(const Shape& s, Covariance cov, const T* X, const T* weights, const
         for (int64_t k = 0; k < K; ++k)
           simd::store(&resp[size_t(k * P + r * L)], valid * vmath::exp_approx(tile.joint(k)[r] - shift));
       }
-      for (int64_t p = 0; p < n; ++p)
-        for (int64_t d = 0; d < D; ++d) x[size_t(p * stride + d)] = A(X[(t0 + p) * D + d]);
-      if (tied) {  // dm = x - c for every component
+      for (int64_t p = 0; p < n; ++p) std::copy(X + (t0 + p) * D, X + (t0 + p + 1) * D, &x[size_t(p * stride)]);
+      if (tied) {  // dm = x - c for every component, also in A for the rank-1 update
         for (int64_t p = 0; p < n; ++p)
-          for (int64_t v = 0; v < DV; ++v)
-            simd::store(&dm[size_t(p * stride + v * LA)],
-                        simd::load<VA>(&x[size_t(p * stride + v * LA)]) - simd::load<VA>(&m[size_t(v * LA)]));
+          for (int64_t d = 0; d < D; ++d) {
+            dm[size_t(p * stride + d)] = x[size_t(p * stride + d)] - m[size_t(d)];
+            dmA[size_t(p * strideA + d)] = A(x[size_t(p * stride + d)]) - A(m[size_t(d)]);
+          }
         std::fill(rsum.begin(), rsum.end(), A(0));
       }
       for (int64_t k = 0; k < K; ++k) {
@@ -408,44 +433,45 @@ void em_step(const Shape& s, Covariance cov, const T* X, const T* weights, const
         bool any = false;  // a component with no weight in the tile adds exact zeros: skip it
         for (int64_t p = 0; p < n && !any; ++p) any = rk[p] != T(0);
         if (!any) continue;
-        VA* centred = acc + at_centred + k * DV;
+        VA* centred = acc + at_centred + k * DV * W;
         VA* S = acc + at_scatter + (tied ? 0 : k) * per_matrix;
         // One vector of features at a time over the tile's points, the sums in registers:
         // d = x_p - m_k, c_k += r_p d; diag/spherical S_k += r_p d^2; full stages d and r_p d
         // for the rank update below; tied adds r_pk into the point's weight.
         for (int64_t v = 0; v < DV; ++v) {
-          const VA mkv = simd::load<VA>(&m[size_t(k * stride + v * LA)]);
-          VA sum_rd{}, sum_rdd{};
+          const V mkv = simd::load<V>(&m[size_t(k * stride + v * L)]);
+          V sum_rd{}, sum_rdd{};
           if (tied) {
-            for (int64_t p = 0, at = v * LA; p < n; ++p, at += stride)
-              sum_rd += A(rk[p]) * simd::load<VA>(&dm[size_t(at)]);
-          } else if (matrix) {
-            for (int64_t p = 0, at = v * LA; p < n; ++p, at += stride) {
-              const VA d = simd::load<VA>(&x[size_t(at)]) - mkv, q = A(rk[p]) * d;
+            for (int64_t p = 0, at = v * L; p < n; ++p, at += stride) sum_rd += rk[p] * simd::load<V>(&dm[size_t(at)]);
+          } else if (full) {
+            for (int64_t p = 0, at = v * L; p < n; ++p, at += stride) {
+              const V d = simd::load<V>(&x[size_t(at)]) - mkv, q = rk[p] * d;
               simd::store(&dm[size_t(at)], d);
               simd::store(&rd[size_t(at)], q);
               sum_rd += q;
             }
           } else {
-            for (int64_t p = 0, at = v * LA; p < n; ++p, at += stride) {
-              const VA d = simd::load<VA>(&x[size_t(at)]) - mkv, q = A(rk[p]) * d;
+            for (int64_t p = 0, at = v * L; p < n; ++p, at += stride) {
+              const V d = simd::load<V>(&x[size_t(at)]) - mkv, q = rk[p] * d;
               sum_rd += q;
               sum_rdd += q * d;
             }
-            S[v] += sum_rdd;
+            add_widened<A, T>(S + v * W, sum_rdd);
           }
-          centred[v] += sum_rd;
+          add_widened<A, T>(centred + v * W, sum_rd);
         }
-        if (tied)
+        if (tied) {
           for (int64_t p = 0; p < n; ++p) rsum[size_t(p)] += A(rk[p]);
-        else if (matrix)
-          rank_update(n, S);
+        } else if (full) {  // the tile's S_k, then into the block's
+          std::fill(St.begin(), St.end(), V{});
+          rank_update(n, rows, stride, DV, rd.data(), dm.data(), St.data());
+          for (int64_t e = 0; e < rows * DV; ++e) add_widened<A, T>(S + e * W, St[size_t(e)]);
+        }
       }
       if (tied) {  // S += sum_p (sum_k r_pk) (x_p - c)(x_p - c)^T
         for (int64_t p = 0; p < n; ++p)
-          for (int64_t v = 0; v < DV; ++v)
-            simd::store(&rd[size_t(p * stride + v * LA)], rsum[size_t(p)] * simd::load<VA>(&dm[size_t(p * stride + v * LA)]));
-        rank_update(n, acc + at_scatter);
+          for (int64_t d = 0; d < D; ++d) rdA[size_t(p * strideA + d)] = rsum[size_t(p)] * dmA[size_t(p * strideA + d)];
+        rank_update(n, rows, strideA, DVA, rdA.data(), dmA.data(), acc + at_scatter);
       }
     }
     return int64_t(0);
@@ -455,19 +481,19 @@ void em_step(const Shape& s, Covariance cov, const T* X, const T* weights, const
   // and delta_k = mu_k - m_k = (c_k - 10 eps m_k) / (N_k + 10 eps),
   //   sum_n r_nk (x_n - mu_k)(x_n - mu_k)^T = S_k(m_k) - c_k delta_k^T - delta_k c_k^T + N_k delta_k delta_k^T.
   const auto lane = [&](int64_t vector, int64_t l) { return totals[size_t(vector + l / LA)][l % LA]; };
-  std::vector<A> tied_upper(matrix ? static_cast<size_t>(D * D) : 0, A(0));
+  std::vector<A> tied_upper(tied ? static_cast<size_t>(D * D) : 0, A(0));
   std::vector<A> c(static_cast<size_t>(D)), delta(static_cast<size_t>(D));
   for (int64_t k = 0; k < K; ++k) {
     A n = 0;
     for (int64_t l = 0; l < L; ++l) n += lane(k * W, l);
     nk[k] = T(n);
     for (int64_t d = 0; d < D; ++d) {
-      c[size_t(d)] = lane(at_centred + k * DV, d);
+      c[size_t(d)] = lane(at_centred + k * DV * W, d);
       const A mkd = m[size_t(k * stride + d)];
       sums[k * D + d] = T(c[size_t(d)] + n * mkd);
       delta[size_t(d)] = (c[size_t(d)] - empty_component_guard() * mkd) / (n + empty_component_guard());
     }
-    const int64_t S0 = at_scatter + (cov == Covariance::tied ? 0 : k) * per_matrix;
+    const int64_t S0 = at_scatter + (tied ? 0 : k) * per_matrix;
     const auto corrected = [&](A S_ab, int64_t a, int64_t b) {
       return S_ab - c[size_t(a)] * delta[size_t(b)] - delta[size_t(a)] * c[size_t(b)] + n * delta[size_t(a)] * delta[size_t(b)];
     };
@@ -475,12 +501,12 @@ void em_step(const Shape& s, Covariance cov, const T* X, const T* weights, const
       case Covariance::full:
         for (int64_t a = 0; a < D; ++a)
           for (int64_t b = a; b < D; ++b)
-            scatter[(k * D + a) * D + b] = scatter[(k * D + b) * D + a] = T(corrected(lane(S0 + a * DV, b), a, b));
+            scatter[(k * D + a) * D + b] = scatter[(k * D + b) * D + a] = T(corrected(lane(S0 + a * row_vectors, b), a, b));
         break;
       case Covariance::tied:  // the shared S(c) once, each component's correction after it
         for (int64_t a = 0; a < D; ++a)
           for (int64_t b = a; b < D; ++b)
-            tied_upper[size_t(a * D + b)] = corrected(k == 0 ? lane(S0 + a * DV, b) : tied_upper[size_t(a * D + b)], a, b);
+            tied_upper[size_t(a * D + b)] = corrected(k == 0 ? lane(S0 + a * row_vectors, b) : tied_upper[size_t(a * D + b)], a, b);
         break;
       case Covariance::diag:
         for (int64_t d = 0; d < D; ++d) scatter[k * D + d] = T(corrected(lane(S0, d), d, d));

@@ -41,8 +41,7 @@ void suff_stats(const Shape& s, Covariance cov, const T* X, const T* resp, bool 
 /// responsibilities: the E-step of `log_resp` on a tile of points, then that tile's
 /// responsibilities r_nk added into N_k, the sums and the scatter, accumulated in double over
 /// fixed blocks of points (bitwise the same for any thread count). The scatter is summed
-/// about the current means m_k (tied: about the centre of the means, one rank-1 update per
-/// point) and then moved exactly to mu_k = sums_k / (N_k + 10 eps), so the outputs are those
+/// about the current means m_k (tied: about the first point, one rank-1 update per point) and then moved exactly to mu_k = sums_k / (N_k + 10 eps), so the outputs are those
 /// of suff_stats(X, exp(log_resp)) up to rounding, and float32 data far from the origin
 /// never forms E[x x^T] - mu mu^T.
 /// Throws std::invalid_argument as log_resp does.

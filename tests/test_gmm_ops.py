@@ -114,11 +114,13 @@ def test_em_step_scatter_is_moved_exactly_from_far_means(rng, seed, covariance_t
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_float32_log_likelihood_far_from_origin(rng, seed, covariance_type):
-    # Data and means at 1e4 with unit spread: the Mahalanobis terms must be formed from
-    # differences at the scale of the spread (tied whitens about the centre of the means).
+    # Data and means at 1e4 with unit spread, and one mean 1e4 further away: the Mahalanobis
+    # terms must be formed from differences at the scale of the spread (tied whitens each
+    # tile about one of its points, never about something the far mean can pull away).
     X = (1e4 + rng.normal(size=(2000, 4))).astype(np.float32)
     weights, _, prec = (a.astype(np.float32) for a in random_mixture(rng, 5, 4, covariance_type))
     means = X[:5].copy()
+    means[4] += 1e4
     got = ops.gmm_em_step(X, weights, means, prec, covariance_type)
     want = reference_em_step(X, weights, means, prec, covariance_type)
     for name, a, b in zip(("log_prob", "nk", "sums", "scatter"), got, want):

@@ -64,6 +64,21 @@ template <class V, class S> inline V broadcast(S s) {
   return Lane(s) - V{};
 }
 
+/// Keeps v in a register from here on. GCC otherwise folds a loaded vector that feeds several
+/// FMAs back into each of them as a memory operand (one load per FMA), which makes a
+/// register-tiled loop bound by loads instead of FMAs. Generates no instruction.
+template <class V> inline void keep_in_register(V& v) {
+#if defined(__AVX512F__)
+  asm("" : "+v"(v));
+#elif defined(__SSE2__)
+  asm("" : "+x"(v));
+#elif defined(__aarch64__)
+  asm("" : "+w"(v));
+#else
+  (void)v;
+#endif
+}
+
 /// Lanes of a vector type.
 template <class V> inline constexpr int lanes_of = int(sizeof(V) / sizeof(V{}[0]));
 
