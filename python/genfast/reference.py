@@ -11,7 +11,7 @@ import numpy as np
 
 __all__ = [
     "kmeans_assign", "kmeans_update", "lloyd_iteration", "inertia", "kmeans_plusplus",
-    "COVARIANCE_TYPES", "gmm_log_resp", "gmm_suff_stats", "gaussian_mle",
+    "COVARIANCE_TYPES", "gmm_log_resp", "gmm_suff_stats", "gmm_em_step", "gaussian_mle",
     "precisions_cholesky_from_covariances",
 ]
 
@@ -176,6 +176,13 @@ def gmm_suff_stats(X, resp, covariance_type):
         "spherical": np.array([np.trace(f) for f in full]),
     }[covariance_type]
     return nk, sums, scatter
+
+
+def gmm_em_step(X, weights, means, precisions_cholesky, covariance_type):
+    """One EM iteration's statistics: (log p(x_n) (N,), then gmm_suff_stats of the
+    responsibilities exp(log_resp) of the given parameters)."""
+    log_prob, log_resp = gmm_log_resp(X, weights, means, precisions_cholesky, covariance_type)
+    return (log_prob, *gmm_suff_stats(X, np.exp(log_resp), covariance_type))
 
 
 def precisions_cholesky_from_covariances(covariances, covariance_type):
