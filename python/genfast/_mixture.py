@@ -355,14 +355,23 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # ------------------------------------------------------------------ fitting
     def fit(self, X, y=None):
         """Estimate the parameters with EM (best of n_init runs); returns self."""
-        self.fit_predict(X, y)
+        self._fit(X)
         return self
 
     def fit_predict(self, X, y=None):
         """Fit, and return the most probable component of each training sample (the labels
         `predict(X)` gives on the fitted model)."""
-        self._check_params()
         X_in = X
+        X, place, best_params = self._fit(X)
+        # A final E-step so that fit_predict(X) gives the labels of fit(X).predict(X) whatever
+        # max_iter, tol and random_state (as scikit-learn does).
+        _, log_resp = self._e_step(X, place, best_params)
+        return self._out(place.argmax(log_resp), X_in)
+
+    def _fit(self, X):
+        """EM from n_init initialisations; sets the fitted attributes and returns (X as the
+        kernels take it, its placement, the best parameters in float64)."""
+        self._check_params()
         device = resolve_device(self.device, X)
         X = validate_X(self, X, reset=True, ensure_min_samples=2)
         n_samples, n_features = X.shape
@@ -424,14 +433,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.n_iter_ = best_n_iter
         self.lower_bound_ = float(max_lower_bound)
         self.lower_bounds_ = [float(v) for v in best_lower_bounds]
-
-        # A final E-step so that fit_predict(X) gives the labels of fit(X).predict(X) whatever
-        # max_iter, tol and random_state (as scikit-learn does).
-        _, log_resp = self._e_step(X, place, best_params)
-        labels = place.argmax(log_resp)
-        if not be.is_torch(X_in) and be.is_torch(labels):
-            labels = labels.cpu().numpy()
-        return same_kind(labels, X_in)
+        return X, place, best_params
 
     def _initialize_parameters(self, X, place, random_state, inits):
         """Initial (weights, means, covariances, precisions_cholesky), float64 on the host,
