@@ -20,10 +20,6 @@ namespace {
 /// Points per batch of the M-step scatter: each accumulator is updated once per batch.
 constexpr int kScatterBatch = 8;
 
-/// Columns of the full/tied precision factor per register tile of the E-step product
-/// (2 columns x 8 point vectors = 16 accumulators need the 32 registers of AVX-512).
-constexpr int kFactorColumns = simd::kVectorRegisters >= 32 ? 2 : 1;
-
 /// Register tile of the fused EM step's scatter update: kRankRows rows of the scatter times
 /// up to kRankVectors vectors of columns (8 accumulators; every point loads 2 vectors and
 /// broadcasts 4 scalars for 8 FMAs).
@@ -86,23 +82,6 @@ std::vector<double> component_constants(const Shape& s, Covariance cov, const T*
   return c;
 }
 
-/// Columns of the padded full/tied factors: D rounded up to a whole register tile.
-inline int64_t padded_columns(int64_t D) { return (D + kFactorColumns - 1) / kFactorColumns * kFactorColumns; }
-
-/// The factors the E-step reads: full/tied factors copied with zero columns appended up to
-/// padded_columns(D) ([K or 1][D][cols]); diag/spherical factors as given.
-template <class T>
-std::vector<T> estep_factors(const Shape& s, Covariance cov, const T* P) {
-  if (cov == Covariance::diag) return std::vector<T>(P, P + s.K * s.D);
-  if (cov == Covariance::spherical) return std::vector<T>(P, P + s.K);
-  const int64_t matrices = cov == Covariance::full ? s.K : 1, cols = padded_columns(s.D);
-  std::vector<T> padded(static_cast<size_t>(matrices * s.D * cols), T(0));
-  for (int64_t m = 0; m < matrices; ++m)
-    for (int64_t d = 0; d < s.D; ++d)
-      std::copy(P + (m * s.D + d) * s.D, P + (m * s.D + d + 1) * s.D, &padded[size_t((m * s.D + d) * cols)]);
-  return padded;
-}
-
 /// The means transposed and zero-padded to whole tiles, [D][K rounded up to the tile's
 /// points], so that a tile's whitened means (EStepTile, tied) are vector operations.
 template <class T>
@@ -114,39 +93,30 @@ std::vector<T> transposed_means(const Shape& s, const T* means) {
   return t;
 }
 
-/// Y = diff^T P for the tile's points, one lane per point (P upper triangular, columns padded
-/// as estep_factors does): y_j = sum_{d <= j} diff_d P[d][j], J columns at a time so that
-/// each diff vector loaded feeds J FMAs. Square: maha += sum_j y_j^2 instead of storing y.
+/// Y = diff^T P for the tile's points, one lane per point (P upper triangular):
+/// y_j = sum_{d <= j} diff_d P[d][j]. Square: maha += sum_j y_j^2 instead of storing y.
 /// @param[in]  diff  [D][vectors]
 /// @param[out] out   Square: maha [vectors] (added to); else y [D][vectors]
 template <bool Square, class T>
 void factor_product(int64_t D, const T* P, const simd::vec_t<T>* diff, simd::vec_t<T>* out) {
   using V = simd::vec_t<T>;
-  constexpr int R = Tile<T>::vectors, J = kFactorColumns;
-  const int64_t cols = padded_columns(D);
-  for (int64_t j0 = 0; j0 < D; j0 += J) {
-    V y[J][R] = {};
-    // rows d > j0 + J - 1 meet zeros below the diagonal only: skipped
-    for (int64_t d = 0, rows = std::min<int64_t>(j0 + J, D); d < rows; ++d) {
-      V p[J];
-      for (int c = 0; c < J; ++c) p[c] = simd::broadcast<V>(P[d * cols + j0 + c]);
-      for (int r = 0; r < R; ++r) {
-        V df = diff[d * R + r];
-        simd::keep_in_register(df);
-        for (int c = 0; c < J; ++c) y[c][r] += df * p[c];
-      }
+  constexpr int R = Tile<T>::vectors;
+  for (int64_t j = 0; j < D; ++j) {
+    V y[R] = {};
+    for (int64_t d = 0; d <= j; ++d) {
+      const T p = P[d * D + j];
+      for (int r = 0; r < R; ++r) y[r] += diff[d * R + r] * p;
     }
-    for (int c = 0; c < J && j0 + c < D; ++c)
-      for (int r = 0; r < R; ++r) {
-        if constexpr (Square)
-          out[r] += y[c][r] * y[c][r];
-        else
-          out[(j0 + c) * R + r] = y[c][r];
-      }
+    for (int r = 0; r < R; ++r) {
+      if constexpr (Square)
+        out[r] += y[r] * y[r];
+      else
+        out[j * R + r] = y[r];
+    }
   }
 }
 
-/// ||(x - mu_k)^T P_k||^2 for the tile's points, one lane per point (P from estep_factors).
+/// ||(x - mu_k)^T P_k||^2 for the tile's points, one lane per point.
 /// @param[in]  xt    [D][vectors] the tile's points, transposed; tied: y = (x - c) P instead
 /// @param[in]  nu    tied only: the whitened means (mu_k - c) P, [D][KP]
 /// @param[out] diff  [D][vectors] scratch
@@ -162,7 +132,7 @@ void mahalanobis(const Shape& s, Covariance cov, int64_t k, const T* means, cons
     case Covariance::full:
       for (int64_t d = 0; d < s.D; ++d)
         for (int r = 0; r < R; ++r) diff[d * R + r] = xt[d * R + r] - mu[d];
-      factor_product<true>(s.D, P + k * s.D * padded_columns(s.D), diff, maha);
+      factor_product<true>(s.D, P + k * s.D * s.D, diff, maha);
       break;
     case Covariance::tied: {
       // maha = ||y - nu_k||^2
@@ -203,7 +173,7 @@ template <class T> class EStepTile {
   using V = simd::vec_t<T>;
   static constexpr int L = Tile<T>::lanes, R = Tile<T>::vectors, P = Tile<T>::points;
 
-  /// factors: from estep_factors; constants: from component_constants; means_t: tied only,
+  /// factors: the precision factors; constants: from component_constants; means_t: tied only,
   /// transposed_means.
   EStepTile(const Shape& s, Covariance cov, const T* means, const T* factors, const T* means_t,
             const double* constants)
@@ -333,14 +303,13 @@ void log_resp(const Shape& s, Covariance cov, const T* X, const T* weights, cons
   if (s.K < 1) throw std::invalid_argument("need at least one component");
   const std::vector<double> constants = component_constants(s, cov, weights, prec_chol);
   if (s.N == 0) return;
-  const std::vector<T> factors = estep_factors(s, cov, prec_chol);
   const std::vector<T> means_t = cov == Covariance::tied ? transposed_means(s, means) : std::vector<T>();
   const int64_t tiles = (s.N + P - 1) / P;
   const T neg_inf = -std::numeric_limits<T>::infinity();
 
 #pragma omp parallel
   {
-    Tl tile(s, cov, means, factors.data(), means_t.data(), constants.data());
+    Tl tile(s, cov, means, prec_chol, means_t.data(), constants.data());
 #pragma omp for schedule(dynamic)
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t i0 = t * P, n = std::min<int64_t>(P, s.N - i0);
@@ -370,7 +339,6 @@ void em_step(const Shape& s, Covariance cov, const T* X, const T* weights, const
   constexpr int LA = simd::vector<A>::lanes, W = L / LA;
   if (s.K < 1) throw std::invalid_argument("need at least one component");
   const std::vector<double> constants = component_constants(s, cov, weights, prec_chol);
-  const std::vector<T> factors = estep_factors(s, cov, prec_chol);
   const bool tied = cov == Covariance::tied, full = cov == Covariance::full;
   const std::vector<T> means_t = tied ? transposed_means(s, means) : std::vector<T>();
   const int64_t K = s.K, D = s.D;
@@ -397,7 +365,7 @@ void em_step(const Shape& s, Covariance cov, const T* X, const T* weights, const
 
   int64_t unused = 0;
   const auto totals = blocked_sum<VA>(1, s.N, row, [&](int64_t, int64_t i0, int64_t i1, VA* acc) {
-    Tl tile(s, cov, means, factors.data(), means_t.data(), constants.data());
+    Tl tile(s, cov, means, prec_chol, means_t.data(), constants.data());
     std::vector<T> resp(static_cast<size_t>(K * P));
     // The tile's points (x), minus m_k (dm), times r_nk (rd); padding lanes stay 0. St: a
     // component's scatter over the tile (full).
