@@ -31,6 +31,18 @@ struct Shape {
   int64_t D = 0;  ///< features
 };
 
+/// Elements of the precision factors of K components in D dimensions, which is also the
+/// size of the M-step scatter: full K D D, tied D D, diag K D, spherical K.
+GENFAST_HD int64_t factor_elements(Covariance cov, int64_t K, int64_t D) {
+  switch (cov) {
+    case Covariance::full: return K * D * D;
+    case Covariance::tied: return D * D;
+    case Covariance::diag: return K * D;
+    case Covariance::spherical: break;
+  }
+  return K;
+}
+
 /// The covariance type of scikit-learn's name for it; std::invalid_argument for any other.
 inline Covariance covariance_from_name(const std::string& name) {
   if (name == "full") return Covariance::full;
