@@ -106,15 +106,6 @@ void kmeans_lloyd_step(const carray<T>& X, const carray<T>& C,
   genfast::kmeans::lloyd_step<T>(s, x, c, w, l, d, out, ws);
 }
 
-genfast::gmm::Covariance covariance_of(const std::string& name) {
-  using genfast::gmm::Covariance;
-  if (name == "full") return Covariance::full;
-  if (name == "tied") return Covariance::tied;
-  if (name == "diag") return Covariance::diag;
-  if (name == "spherical") return Covariance::spherical;
-  throw std::invalid_argument("covariance_type must be 'full', 'tied', 'diag' or 'spherical', got '" + name + "'");
-}
-
 /// Shape of the precision Cholesky factors (scikit-learn's) for K components in D dims.
 std::vector<py::ssize_t> precision_shape(genfast::gmm::Covariance cov, py::ssize_t K, py::ssize_t D) {
   using genfast::gmm::Covariance;
@@ -131,7 +122,7 @@ template <class T>
 void gmm_log_resp(const carray<T>& X, const carray<T>& weights, const carray<T>& means,
                   const carray<T>& prec_chol, const std::string& covariance_type,
                   carray<T>& log_prob, const std::optional<carray<T>>& log_resp) {
-  const auto cov = covariance_of(covariance_type);
+  const auto cov = genfast::gmm::covariance_from_name(covariance_type);
   require(X.ndim() == 2, "X must be 2-d (N, D)");
   require(means.ndim() == 2 && means.shape(1) == X.shape(1), "means must have shape (K, D) matching X");
   const genfast::gmm::Shape s{X.shape(0), means.shape(0), X.shape(1)};
@@ -152,7 +143,7 @@ void gmm_suff_stats(const carray<T>& X, const carray<T>& resp, bool resp_is_log,
                     const std::string& covariance_type, carray<T>& nk, carray<T>& sums,
                     carray<T>& scatter) {
   using genfast::gmm::Covariance;
-  const auto cov = covariance_of(covariance_type);
+  const auto cov = genfast::gmm::covariance_from_name(covariance_type);
   require(X.ndim() == 2, "X must be 2-d (N, D)");
   require(resp.ndim() == 2 && resp.shape(0) == X.shape(0), "resp must have shape (N, K) matching X");
   const genfast::gmm::Shape s{X.shape(0), resp.shape(1), X.shape(1)};
@@ -172,7 +163,7 @@ void gmm_em_step(const carray<T>& X, const carray<T>& weights, const carray<T>& 
                  const carray<T>& prec_chol, const std::string& covariance_type,
                  carray<T>& log_prob, carray<T>& nk, carray<T>& sums, carray<T>& scatter) {
   using genfast::gmm::Covariance;
-  const auto cov = covariance_of(covariance_type);
+  const auto cov = genfast::gmm::covariance_from_name(covariance_type);
   require(X.ndim() == 2, "X must be 2-d (N, D)");
   require(means.ndim() == 2 && means.shape(1) == X.shape(1), "means must have shape (K, D) matching X");
   const genfast::gmm::Shape s{X.shape(0), means.shape(0), X.shape(1)};

@@ -9,7 +9,6 @@
 #include <cmath>
 #include <limits>
 #include <stdexcept>
-#include <string>
 #include <vector>
 
 #include "blocked_sum.hpp"
@@ -35,8 +34,6 @@ template <class T> struct Tile {
   static constexpr int points = lanes * vectors;
 };
 
-std::string component(int64_t k) { return "component " + std::to_string(k); }
-
 /// Checks weights and precision factors; returns each component's log w_k + log det P_k
 /// - D/2 log(2 pi), the part of log w_k N(x | k) that does not depend on x.
 template <class T>
@@ -44,40 +41,30 @@ std::vector<double> component_constants(const Shape& s, Covariance cov, const T*
                                         const T* P) {
   std::vector<double> c(size_t(s.K));
   for (int64_t k = 0; k < s.K; ++k) {
-    if (!(weights[k] >= 0))
-      throw std::invalid_argument("weights must be non-negative; " + component(k) + " has " +
-                                  std::to_string(double(weights[k])));
-    double log_det = 0;  // log det P_k = sum of the logs of the factor's diagonal
+    const auto fail = [&](Fault fault) {
+      throw std::invalid_argument(fault_message(cov, k, fault, double(weights[k])));
+    };
+    if (!(weights[k] >= 0)) fail(Fault::negative_weight);
     switch (cov) {
       case Covariance::full:
       case Covariance::tied: {
         const T* Pk = P + (cov == Covariance::full ? k * s.D * s.D : 0);
-        const std::string who = cov == Covariance::full ? "precisions_cholesky[" + std::to_string(k) + "]"
-                                                        : std::string("precisions_cholesky");
         for (int64_t i = 0; i < s.D; ++i) {
-          if (!(Pk[i * s.D + i] > 0))
-            throw std::invalid_argument(who + " must have a positive diagonal");
+          if (!(Pk[i * s.D + i] > 0)) fail(Fault::nonpositive_diagonal);
           for (int64_t j = 0; j < i; ++j)
-            if (Pk[i * s.D + j] != 0)
-              throw std::invalid_argument(who + " must be upper triangular (scikit-learn's precisions_cholesky_ layout)");
-          log_det += std::log(double(Pk[i * s.D + i]));
+            if (Pk[i * s.D + j] != 0) fail(Fault::not_upper_triangular);
         }
         break;
       }
       case Covariance::diag:
-        for (int64_t d = 0; d < s.D; ++d) {
-          if (!(P[k * s.D + d] > 0))
-            throw std::invalid_argument("precisions_cholesky must be positive; " + component(k) + " is not");
-          log_det += std::log(double(P[k * s.D + d]));
-        }
+        for (int64_t d = 0; d < s.D; ++d)
+          if (!(P[k * s.D + d] > 0)) fail(Fault::nonpositive_diagonal);
         break;
       case Covariance::spherical:
-        if (!(P[k] > 0))
-          throw std::invalid_argument("precisions_cholesky must be positive; " + component(k) + " is not");
-        log_det = double(s.D) * std::log(double(P[k]));
+        if (!(P[k] > 0)) fail(Fault::nonpositive_diagonal);
         break;
     }
-    c[size_t(k)] = log_gauss_const(s.D) + log_det + std::log(double(weights[k]));
+    c[size_t(k)] = component_constant(log_det_factor(cov, s.D, k, P), double(weights[k]), s.D);
   }
   return c;
 }
@@ -196,12 +183,12 @@ template <class T> class EStepTile {
       mahalanobis<T>(s_, cov_, k, means_, factors_, nu_.data(), KP_, xt_.data(), diff_.data(), maha);
       for (int r = 0; r < R; ++r) joint_[size_t(k * R + r)] = T(constants_[k]) - T(0.5) * maha[r];
     }
-    // log p(x) = m + log sum_k exp(joint_k - m), m = max_k joint_k (0 if all are -inf, so
-    // that an all -inf point gives log(0) = -inf instead of -inf - -inf = NaN).
+    // log p(x) = m + log sum_k exp(joint_k - m), m = max_k joint_k (lse_shift: 0 if all
+    // are -inf).
     for (int r = 0; r < R; ++r) {
       V m = simd::broadcast<V>(neg_inf);
       for (int64_t k = 0; k < s_.K; ++k) m = joint_[size_t(k * R + r)] > m ? joint_[size_t(k * R + r)] : m;
-      m = m == neg_inf ? V{} : m;
+      m = lse_shift<T>(m);
       V sum{};
       for (int64_t k = 0; k < s_.K; ++k) sum += vmath::exp_approx(joint_[size_t(k * R + r)] - m);
       log_prob_[r] = m + vmath::log_approx(sum);
@@ -305,7 +292,6 @@ void log_resp(const Shape& s, Covariance cov, const T* X, const T* weights, cons
   if (s.N == 0) return;
   const std::vector<T> means_t = cov == Covariance::tied ? transposed_means(s, means) : std::vector<T>();
   const int64_t tiles = (s.N + P - 1) / P;
-  const T neg_inf = -std::numeric_limits<T>::infinity();
 
 #pragma omp parallel
   {
@@ -318,10 +304,9 @@ void log_resp(const Shape& s, Covariance cov, const T* X, const T* weights, cons
         const T lpp = tile.log_prob()[p / L][p % L];
         log_prob[i0 + p] = lpp;
         if (log_resp) {
-          // log p(k | x) = log w_k N(x | k) - log p(x); -inf for a point of probability 0.
           T* out = log_resp + (i0 + p) * s.K;
           for (int64_t k = 0; k < s.K; ++k)
-            out[k] = lpp == neg_inf ? neg_inf : tile.joint(k)[p / L][p % L] - lpp;
+            out[k] = log_responsibility(tile.joint(k)[p / L][p % L], lpp);
         }
       }
     }
@@ -380,7 +365,7 @@ void em_step(const Shape& s, Covariance cov, const T* X, const T* weights, const
       // joint values are all -inf) and for the lanes past the tile's n points.
       for (int r = 0; r < R; ++r) {
         const V lp = tile.log_prob()[r];
-        const V shift = lp == -std::numeric_limits<T>::infinity() ? V{} : lp;
+        const V shift = lse_shift<T>(lp);
         V valid;
         for (int l = 0; l < L; ++l) valid[l] = r * L + l < n ? T(1) : T(0);
         for (int64_t k = 0; k < K; ++k)

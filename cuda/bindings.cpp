@@ -11,10 +11,12 @@
 #include <string>
 
 #include "common.cuh"
+#include "gmm.cuh"
 #include "kmeans.cuh"
 
 namespace py = pybind11;
-namespace gpu = genfast::kmeans::gpu;
+namespace kmeans_gpu = genfast::kmeans::gpu;
+namespace gmm_gpu = genfast::gmm::gpu;
 
 namespace {
 
@@ -28,7 +30,7 @@ template <class T> T* device_ptr(std::uintptr_t address, const char* name, int64
   return reinterpret_cast<T*>(address);
 }
 
-gpu::Shape make_shape(int64_t B, int64_t N, int64_t K, int64_t D) {
+kmeans_gpu::Shape make_shape(int64_t B, int64_t N, int64_t K, int64_t D) {
   require(B >= 0 && N >= 0 && K >= 0 && D >= 0, "B, N, K and D must be non-negative");
   return {B, N, K, D};
 }
@@ -53,7 +55,7 @@ template <class F> void dispatch_dtype(const std::string& dtype, F&& f) {
 void kmeans_assign(std::uintptr_t X, std::uintptr_t C, std::uintptr_t labels,
                    std::uintptr_t sq_dist, int64_t B, int64_t N, int64_t K, int64_t D,
                    const std::string& dtype, int device, std::uintptr_t stream) {
-  const gpu::Shape s = make_shape(B, N, K, D);
+  const kmeans_gpu::Shape s = make_shape(B, N, K, D);
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     const T* x = device_ptr<const T>(X, "X", B * N * D);
@@ -62,21 +64,21 @@ void kmeans_assign(std::uintptr_t X, std::uintptr_t C, std::uintptr_t labels,
     T* d = device_ptr<T>(sq_dist, "sq_dist", B * N);
     py::gil_scoped_release release;
     use_device(device);
-    gpu::assign_labels<T>(s, x, c, l, d, reinterpret_cast<cudaStream_t>(stream));
+    kmeans_gpu::assign_labels<T>(s, x, c, l, d, reinterpret_cast<cudaStream_t>(stream));
   });
 }
 
 size_t kmeans_update_workspace_bytes(int64_t B, int64_t N, int64_t K, int device) {
   py::gil_scoped_release release;  // the first CUDA call of a process can take a while
   if (device != -1) use_device(device);
-  return gpu::update_workspace_bytes(B, N, K);
+  return kmeans_gpu::update_workspace_bytes(B, N, K);
 }
 
 void kmeans_update(std::uintptr_t X, std::uintptr_t labels, std::uintptr_t weights,
                    std::uintptr_t sums, std::uintptr_t wsum, std::uintptr_t workspace,
                    size_t workspace_bytes, int64_t B, int64_t N, int64_t K, int64_t D,
                    const std::string& dtype, int device, std::uintptr_t stream) {
-  const gpu::Shape s = make_shape(B, N, K, D);
+  const kmeans_gpu::Shape s = make_shape(B, N, K, D);
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     const T* x = device_ptr<const T>(X, "X", B * N * D);
@@ -87,7 +89,66 @@ void kmeans_update(std::uintptr_t X, std::uintptr_t labels, std::uintptr_t weigh
     void* scratch = device_ptr<void>(workspace, "workspace", int64_t(workspace_bytes));
     py::gil_scoped_release release;
     use_device(device);
-    gpu::update_centers<T>(s, x, l, w, out, ws, scratch, workspace_bytes,
+    kmeans_gpu::update_centers<T>(s, x, l, w, out, ws, scratch, workspace_bytes,
+                           reinterpret_cast<cudaStream_t>(stream));
+  });
+}
+
+genfast::gmm::Shape gmm_shape(int64_t N, int64_t K, int64_t D) {
+  require(N >= 0 && K >= 0 && D >= 0, "N, K and D must be non-negative");
+  return {N, K, D};
+}
+
+size_t gmm_log_resp_workspace_bytes(int64_t K) { return gmm_gpu::log_resp_workspace_bytes(K); }
+
+void gmm_log_resp(std::uintptr_t X, std::uintptr_t weights, std::uintptr_t means,
+                  std::uintptr_t prec_chol, const std::string& covariance_type,
+                  std::uintptr_t log_prob, std::uintptr_t log_resp, std::uintptr_t workspace,
+                  size_t workspace_bytes, int64_t N, int64_t K, int64_t D,
+                  const std::string& dtype, int device, std::uintptr_t stream) {
+  const auto cov = genfast::gmm::covariance_from_name(covariance_type);
+  const genfast::gmm::Shape s = gmm_shape(N, K, D);
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = device_ptr<const T>(X, "X", N * D);
+    const T* w = device_ptr<const T>(weights, "weights", K);
+    const T* mu = device_ptr<const T>(means, "means", K * D);
+    const T* p = device_ptr<const T>(prec_chol, "precisions_cholesky",
+                                     genfast::gmm::factor_elements(cov, K, D));
+    T* lp = device_ptr<T>(log_prob, "log_prob", N);
+    T* lr = reinterpret_cast<T*>(log_resp);  // 0: log_prob only
+    void* scratch = device_ptr<void>(workspace, "workspace", int64_t(workspace_bytes));
+    py::gil_scoped_release release;
+    use_device(device);
+    gmm_gpu::log_resp<T>(s, cov, x, w, mu, p, lp, lr, scratch, workspace_bytes,
+                         reinterpret_cast<cudaStream_t>(stream));
+  });
+}
+
+size_t gmm_suff_stats_workspace_bytes(int64_t N, int64_t K, int64_t D,
+                                      const std::string& covariance_type) {
+  return gmm_gpu::suff_stats_workspace_bytes(gmm_shape(N, K, D),
+                                             genfast::gmm::covariance_from_name(covariance_type));
+}
+
+void gmm_suff_stats(std::uintptr_t X, std::uintptr_t resp, bool resp_is_log,
+                    const std::string& covariance_type, std::uintptr_t nk, std::uintptr_t sums,
+                    std::uintptr_t scatter, std::uintptr_t workspace, size_t workspace_bytes,
+                    int64_t N, int64_t K, int64_t D, const std::string& dtype, int device,
+                    std::uintptr_t stream) {
+  const auto cov = genfast::gmm::covariance_from_name(covariance_type);
+  const genfast::gmm::Shape s = gmm_shape(N, K, D);
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = device_ptr<const T>(X, "X", N * D);
+    const T* r = device_ptr<const T>(resp, "resp", N * K);
+    T* n = device_ptr<T>(nk, "nk", K);
+    T* sm = device_ptr<T>(sums, "sums", K * D);
+    T* sc = device_ptr<T>(scatter, "scatter", genfast::gmm::factor_elements(cov, K, D));
+    void* scratch = device_ptr<void>(workspace, "workspace", int64_t(workspace_bytes));
+    py::gil_scoped_release release;
+    use_device(device);
+    gmm_gpu::suff_stats<T>(s, cov, x, r, resp_is_log, n, sm, sc, scratch, workspace_bytes,
                            reinterpret_cast<cudaStream_t>(stream));
   });
 }
@@ -158,6 +219,22 @@ PYBIND11_MODULE(_cuda, m, py::mod_gil_not_used()) {
         py::arg("B"), py::arg("N"), py::arg("K"), py::arg("D"), py::arg("dtype"),
         py::arg("device"), py::arg("stream"),
         "Per-cluster weighted sums and total weights (deterministic); writes sums, wsum.");
+  m.def("gmm_log_resp_workspace_bytes", &gmm_log_resp_workspace_bytes, py::arg("K"),
+        "Bytes of device workspace gmm_log_resp needs for K components.");
+  m.def("gmm_log_resp", &gmm_log_resp, py::arg("X"), py::arg("weights"), py::arg("means"),
+        py::arg("precisions_cholesky"), py::arg("covariance_type"), py::arg("log_prob"),
+        py::arg("log_resp"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("N"),
+        py::arg("K"), py::arg("D"), py::arg("dtype"), py::arg("device"), py::arg("stream"),
+        "Gaussian-mixture E-step: writes log_prob (and log_resp unless 0). Checks the factors "
+        "and weights first (one wait on the stream) and raises ValueError before writing.");
+  m.def("gmm_suff_stats_workspace_bytes", &gmm_suff_stats_workspace_bytes, py::arg("N"),
+        py::arg("K"), py::arg("D"), py::arg("covariance_type"),
+        "Bytes of device workspace gmm_suff_stats needs for these shapes.");
+  m.def("gmm_suff_stats", &gmm_suff_stats, py::arg("X"), py::arg("resp"), py::arg("resp_is_log"),
+        py::arg("covariance_type"), py::arg("nk"), py::arg("sums"), py::arg("scatter"),
+        py::arg("workspace"), py::arg("workspace_bytes"), py::arg("N"), py::arg("K"), py::arg("D"),
+        py::arg("dtype"), py::arg("device"), py::arg("stream"),
+        "Gaussian-mixture M-step statistics (deterministic, centred); writes nk, sums, scatter.");
   m.def("device_status", &device_status,
         "(usable CUDA devices, message); never raises, also without a driver or GPU.");
   m.def("build_info", &build_info, "CUDA version, architectures and nvcc flags of the build.");

@@ -21,17 +21,12 @@ namespace {
 
 using genfast::gpu::check;
 using genfast::gpu::check_launch;
+using genfast::gpu::grid_for;
 
 /// Threads per block of the one-thread-per-element kernels.
 constexpr int kElementThreads = 256;
 /// Largest grid.y of a launch; the assign kernel strides over larger batches.
 constexpr int64_t kMaxGridY = 65535;
-
-/// Blocks of `threads` threads that give one thread per item, at least 1 and at most
-/// INT_MAX (grid-stride loops cover the rest).
-unsigned grid_for(int64_t items, int64_t threads) {
-  return unsigned(std::clamp<int64_t>((items + threads - 1) / threads, 1, INT_MAX));
-}
 
 // ---- assign: fused distance + argmin ---------------------------------------------------
 
@@ -254,8 +249,6 @@ constexpr int64_t kMinSlicePoints = 1024;
 /// Bytes of one partial sum (the accumulation type of either dtype).
 constexpr size_t kPartialBytes =
     std::max(sizeof(accumulate_t<float>), sizeof(accumulate_t<double>));
-/// Alignment of every sub-buffer carved from the workspace.
-constexpr size_t kAlign = 256;
 
 /// Features per sum block: the power of two covering D, at most kMaxFeatureWidth.
 int feature_width(int64_t D) {
@@ -285,7 +278,7 @@ int key_bits(int64_t BK) {
   return bits;
 }
 
-/// Sub-buffers of the M-step workspace, as byte offsets, each aligned to kAlign.
+/// Sub-buffers of the M-step workspace, as byte offsets (genfast::gpu::WorkspaceLayout).
 struct UpdateLayout {
   size_t keys[2] = {};        ///< uint32 sort keys (double buffer), B*N each
   size_t points[2] = {};      ///< uint32 point indices within the problem (double buffer)
@@ -308,21 +301,16 @@ UpdateLayout update_layout(int64_t B, int64_t N, int64_t K) {
         "over the whole batch (B * K)");
   const int64_t M = B * N, BK = B * K;
   UpdateLayout L;
-  size_t at = 0;
-  const auto carve = [&at](size_t bytes) {
-    const size_t offset = at;
-    at += (bytes + kAlign - 1) / kAlign * kAlign;
-    return offset;
-  };
-  for (int i = 0; i < 2; ++i) L.keys[i] = carve(size_t(M) * sizeof(uint32_t));
-  for (int i = 0; i < 2; ++i) L.points[i] = carve(size_t(M) * sizeof(uint32_t));
-  L.start = carve(size_t(BK + 1) * sizeof(int64_t));
+  genfast::gpu::WorkspaceLayout ws;
+  for (int i = 0; i < 2; ++i) L.keys[i] = ws.carve(size_t(M) * sizeof(uint32_t));
+  for (int i = 0; i < 2; ++i) L.points[i] = ws.carve(size_t(M) * sizeof(uint32_t));
+  L.start = ws.carve(size_t(BK + 1) * sizeof(int64_t));
   // With one feature tile the slices are the most they can be for any D; then a slice's
   // partial sums span at most kSumTargetBlocks * kMaxFeatureWidth values, since
   // D <= kMaxFeatureWidth * tiles.
   if (BK > 0 && slices_per_cluster(B, N, K, 1) > 1) {
-    L.partial = carve(size_t(kSumTargetBlocks * kMaxFeatureWidth) * kPartialBytes);
-    L.partial_w = carve(size_t(kSumTargetBlocks) * kPartialBytes);
+    L.partial = ws.carve(size_t(kSumTargetBlocks * kMaxFeatureWidth) * kPartialBytes);
+    L.partial_w = ws.carve(size_t(kSumTargetBlocks) * kPartialBytes);
   }
   if (M > 0) {
     cub::DoubleBuffer<uint32_t> keys, points;  // null: size query only
@@ -330,8 +318,8 @@ UpdateLayout update_layout(int64_t B, int64_t N, int64_t K) {
                                           key_bits(BK)),
           "cub::DeviceRadixSort::SortPairs (workspace size query)");
   }
-  L.sort_temp = carve(L.sort_temp_bytes);
-  L.total = at;
+  L.sort_temp = ws.carve(L.sort_temp_bytes);
+  L.total = ws.total;
   return L;
 }
 
@@ -510,12 +498,7 @@ void update_centers(const Shape& s, const T* X, const int64_t* labels, const T* 
   if (s.D < 0) throw std::invalid_argument("kmeans_update: need D >= 0");
   const UpdateLayout L = update_layout(s.B, s.N, s.K);
   if (s.B == 0) return;
-  if (workspace_bytes < L.total)
-    throw std::invalid_argument("kmeans_update: workspace has " + std::to_string(workspace_bytes) +
-                                " bytes, needs " + std::to_string(L.total) +
-                                " (kmeans_update_workspace_bytes, on this device)");
-  if (reinterpret_cast<uintptr_t>(workspace) % kAlign != 0)
-    throw std::invalid_argument("kmeans_update: workspace must be 256-byte aligned");
+  genfast::gpu::check_workspace("kmeans_update", workspace, workspace_bytes, L.total);
   char* ws = static_cast<char*>(workspace);
   const int64_t M = s.B * s.N, BK = s.B * s.K;
 

@@ -361,27 +361,46 @@ def test_torch_cpu_matches_numpy(dtype, rng, seed):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cuda_matches_cpu(dtype, rng, seed):
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_cuda_matches_cpu(covariance_type, dtype, rng, seed):
+    """From the same initial parameters, EM on the GPU (numpy X moved by device='cuda', and a
+    CUDA tensor X) follows the CPU run iteration by iteration."""
     torch = pytest.importorskip("torch")
     X = make_data(rng, n=300, dtype=dtype)
-    w, m, p = initial_parameters(rng, X, 4, "full")
-    kw = dict(weights_init=w, means_init=m, precisions_init=p, max_iter=8, tol=0.0)
+    w, m, p = initial_parameters(rng, X, 4, covariance_type)
+    kw = dict(covariance_type=covariance_type, weights_init=w, means_init=m, precisions_init=p, max_iter=8,
+              tol=0.0)
     cpu = genfast.GaussianMixture(4, **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         cpu.fit(X)
-        try:
-            gpu = genfast.GaussianMixture(4, device="cuda", **kw).fit(X)
-        except NotImplementedError as exc:
-            pytest.skip(f"the Gaussian-mixture ops have no CUDA kernel yet: {exc}")
+        gpu = genfast.GaussianMixture(4, device="cuda", **kw).fit(X)
         on_device = genfast.GaussianMixture(4, **kw).fit(torch.from_numpy(X).cuda())
-    msg = f"seed={seed} dtype={dtype}"
+    msg = f"seed={seed} dtype={dtype} covariance_type={covariance_type}"
     for other in (gpu, on_device):
         np.testing.assert_allclose(other.lower_bounds_, cpu.lower_bounds_, rtol=LB_RTOL[dtype], err_msg=msg)
         np.testing.assert_allclose(other.means_, cpu.means_, rtol=1e-4, atol=1e-4 * np.abs(X).max(), err_msg=msg)
     assert isinstance(gpu.predict(X), np.ndarray), msg
     labels = on_device.predict(torch.from_numpy(X).cuda())
     assert isinstance(labels, torch.Tensor) and labels.device.type == "cuda", msg
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_gaussian_cuda_matches_cpu(covariance_type, dtype, rng, seed):
+    torch = pytest.importorskip("torch")
+    X = make_data(rng, n=500, dtype=dtype, offset=100.0)
+    cpu = genfast.Gaussian(covariance_type).fit(X)
+    msg = f"seed={seed} dtype={dtype} covariance_type={covariance_type}"
+    tol = PARAM_RTOL[dtype]
+    for gpu in (genfast.Gaussian(covariance_type, device="cuda").fit(X),
+                genfast.Gaussian(covariance_type).fit(torch.from_numpy(X).cuda())):
+        np.testing.assert_allclose(gpu.mean_, cpu.mean_, rtol=tol, err_msg=msg)
+        np.testing.assert_allclose(gpu.covariance_, cpu.covariance_, rtol=tol, atol=tol * np.abs(cpu.covariance_).max(),
+                                   err_msg=msg)
+        np.testing.assert_allclose(gpu.score_samples(X), cpu.score_samples(X), rtol=LB_RTOL[dtype],
+                                   err_msg=msg)
 
 
 # =========================================================================== bad inputs

@@ -151,6 +151,13 @@ def cuda_launch_args(x):
     return x.device.index, torch.cuda.current_stream(x.device).cuda_stream
 
 
+def cuda_workspace(nbytes: int, like):
+    """Uninitialised device scratch of nbytes bytes on like's CUDA device, from torch's caching
+    allocator (whose blocks are 512-byte aligned, as the kernels require)."""
+    torch = _torch()
+    return torch.empty(int(nbytes), dtype=torch.uint8, device=like.device)
+
+
 def cuda_status() -> tuple[bool, str]:
     """Whether a CUDA device is usable by genfast, and why not if it is not."""
     if _cuda is None:

@@ -173,9 +173,7 @@ def kmeans_update(X, labels, n_clusters: int, sample_weight=None, *, return_mean
     if place.cuda:
         cuda = be.require_cuda()
         device, stream = be.cuda_launch_args(X3)
-        torch = be._torch()
-        workspace = torch.empty(cuda.kmeans_update_workspace_bytes(B, N, K, device=device), dtype=torch.uint8,
-                                device=X3.device)
+        workspace = be.cuda_workspace(cuda.kmeans_update_workspace_bytes(B, N, K, device=device), X3)
         cuda.kmeans_update(X3.data_ptr(), labels3.data_ptr(),
                            0 if weights3 is None else weights3.data_ptr(),
                            sums.data_ptr(), wsum.data_ptr(), workspace.data_ptr(), workspace.numel(),
@@ -239,11 +237,6 @@ def _points_2d(X, check_finite):
     return place, X3[0]
 
 
-def _require_host(place, op):
-    if place.cuda:
-        raise NotImplementedError(f"{op} has no CUDA kernel yet; pass CPU tensors or numpy arrays")
-
-
 def _param(name, value, place, dtype, shape, check_finite=True):
     """A parameter array with X's dtype and placement, checked to have `shape`."""
     be.same_placement("X", place, name, value)
@@ -291,16 +284,27 @@ def gmm_log_resp(X, weights, means, precisions_cholesky, covariance_type, *,
     -------
     log_prob : (N,), or (log_prob, log_resp) when return_log_resp. A point whose every
     component has probability 0 gets log_prob -inf and log_resp -inf (never NaN).
+
+    The weights and factors are checked before anything is written (for CUDA tensors on the
+    device, with one wait for the current stream): a negative weight, or a factor that is not
+    upper triangular with a positive diagonal, raises the same ValueError on every backend.
     """
     place, X2, weights, means, prec, cov = _mixture(X, weights, means, precisions_cholesky,
                                                     covariance_type, check_finite)
-    _require_host(place, "gmm_log_resp")
-    (N, _), K, dtype = X2.shape, means.shape[0], be.dtype_name(X2)
+    (N, D), K, dtype = X2.shape, means.shape[0], be.dtype_name(X2)
     log_prob = be.empty(place, (N,), dtype)
     log_resp = be.empty(place, (N, K), dtype) if return_log_resp else None
-    be._core.gmm_log_resp(be.host_view(X2), be.host_view(weights), be.host_view(means),
-                          be.host_view(prec), cov, be.host_view(log_prob),
-                          None if log_resp is None else be.host_view(log_resp))
+    if place.cuda:
+        cuda = be.require_cuda()
+        device, stream = be.cuda_launch_args(X2)
+        workspace = be.cuda_workspace(cuda.gmm_log_resp_workspace_bytes(K), X2)
+        cuda.gmm_log_resp(X2.data_ptr(), weights.data_ptr(), means.data_ptr(), prec.data_ptr(), cov,
+                          log_prob.data_ptr(), 0 if log_resp is None else log_resp.data_ptr(),
+                          workspace.data_ptr(), workspace.numel(), N, K, D, dtype, device, stream)
+    else:
+        be._core.gmm_log_resp(be.host_view(X2), be.host_view(weights), be.host_view(means),
+                              be.host_view(prec), cov, be.host_view(log_prob),
+                              None if log_resp is None else be.host_view(log_resp))
     return (log_prob, log_resp) if return_log_resp else log_prob
 
 
@@ -355,11 +359,12 @@ def gmm_suff_stats(X, resp, covariance_type, *, log: bool = False, check_finite:
         summed in a second pass (never E[x x^T] - mu mu^T, so float32 data far from the origin
         keeps positive variances): full (K, D, D); tied (D, D), summed over components;
         diag (K, D), its diagonal; spherical (K,), its trace.
-    Bitwise the same for any number of threads.
+    Sums run over fixed blocks of points added in a fixed order (no floating-point atomics),
+    so the results are bitwise the same for any number of CPU threads and from run to run on
+    a GPU.
     """
     cov = _covariance_type(covariance_type)
     place, X2 = _points_2d(X, check_finite)
-    _require_host(place, "gmm_suff_stats")
     (N, D), dtype = X2.shape, be.dtype_name(X2)
     be.same_placement("X", place, "resp", resp)
     # log-responsibilities may hold -inf (probability 0); NaN and +inf are never valid.
@@ -374,6 +379,14 @@ def gmm_suff_stats(X, resp, covariance_type, *, log: bool = False, check_finite:
     nk = be.empty(place, (K,), dtype)
     sums = be.empty(place, (K, D), dtype)
     scatter = be.empty(place, _covariance_shape(cov, K, D), dtype)
-    be._core.gmm_suff_stats(be.host_view(X2), be.host_view(resp), bool(log), cov,
-                            be.host_view(nk), be.host_view(sums), be.host_view(scatter))
+    if place.cuda:
+        cuda = be.require_cuda()
+        device, stream = be.cuda_launch_args(X2)
+        workspace = be.cuda_workspace(cuda.gmm_suff_stats_workspace_bytes(N, K, D, cov), X2)
+        cuda.gmm_suff_stats(X2.data_ptr(), resp.data_ptr(), bool(log), cov, nk.data_ptr(), sums.data_ptr(),
+                            scatter.data_ptr(), workspace.data_ptr(), workspace.numel(), N, K, D, dtype,
+                            device, stream)
+    else:
+        be._core.gmm_suff_stats(be.host_view(X2), be.host_view(resp), bool(log), cov,
+                                be.host_view(nk), be.host_view(sums), be.host_view(scatter))
     return nk, sums, scatter
