@@ -126,6 +126,20 @@ def test_cuda_ops_return_cuda_tensors_and_agree_with_cpu(rng, seed, covariance_t
         assert rel_err(to_np(got), want) < RTOL[dtype], f"{name}; {msg}"
 
 
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_em_step_matches_reference(rng, seed, covariance_type, dtype):
+    # On CUDA tensors gmm_em_step is gmm_log_resp + gmm_suff_stats on the device.
+    N, K, D = 2000, 5, 7
+    weights, means, prec = (a.astype(dtype) for a in random_mixture(rng, K, D, covariance_type))
+    X = rng.normal(size=(N, D)).astype(dtype)
+    got = ops.gmm_em_step(*cuda(X, weights, means, prec), covariance_type)
+    want = reference.gmm_em_step(X, weights, means, prec, covariance_type)
+    for name, out, ref in zip(("log_prob", "nk", "sums", "scatter"), got, want):
+        check_kind("cuda", out, dtype, ref.shape, seed=seed, what=name)
+        assert rel_err(to_np(out), ref) < RTOL[dtype], f"{name} seed={seed} {covariance_type} {dtype}"
+
+
 # =========================================================================== determinism, edge cases
 
 
