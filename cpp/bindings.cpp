@@ -118,17 +118,36 @@ std::vector<py::ssize_t> precision_shape(genfast::gmm::Covariance cov, py::ssize
   return {K};
 }
 
+/// The shape of a mixture's E-step inputs, checked against each other.
 template <class T>
-void gmm_log_resp(const carray<T>& X, const carray<T>& weights, const carray<T>& means,
-                  const carray<T>& prec_chol, const std::string& covariance_type,
-                  carray<T>& log_prob, const std::optional<carray<T>>& log_resp) {
-  const auto cov = genfast::gmm::covariance_from_name(covariance_type);
+genfast::gmm::Shape mixture_shape(genfast::gmm::Covariance cov, const carray<T>& X, const carray<T>& weights,
+                                  const carray<T>& means, const carray<T>& prec_chol) {
   require(X.ndim() == 2, "X must be 2-d (N, D)");
   require(means.ndim() == 2 && means.shape(1) == X.shape(1), "means must have shape (K, D) matching X");
   const genfast::gmm::Shape s{X.shape(0), means.shape(0), X.shape(1)};
   require(s.K >= 1, "means must hold at least one component");
   require_shape(weights, "weights", {s.K});
   require_shape(prec_chol, "precisions_cholesky", precision_shape(cov, s.K, s.D));
+  return s;
+}
+
+/// Checks the shapes of the M-step statistics' outputs.
+template <class T>
+void require_statistics(genfast::gmm::Covariance cov, const genfast::gmm::Shape& s, const carray<T>& nk,
+                        const carray<T>& sums, const carray<T>& scatter) {
+  require_shape(nk, "nk", {s.K});
+  require_shape(sums, "sums", {s.K, s.D});
+  require_shape(scatter, "scatter",
+                cov == genfast::gmm::Covariance::spherical ? std::vector<py::ssize_t>{s.K}
+                                                           : precision_shape(cov, s.K, s.D));
+}
+
+template <class T>
+void gmm_log_resp(const carray<T>& X, const carray<T>& weights, const carray<T>& means,
+                  const carray<T>& prec_chol, const std::string& covariance_type,
+                  carray<T>& log_prob, const std::optional<carray<T>>& log_resp) {
+  const auto cov = genfast::gmm::covariance_from_name(covariance_type);
+  const auto s = mixture_shape(cov, X, weights, means, prec_chol);
   require_shape(log_prob, "log_prob", {s.N});
   if (log_resp) require_shape(*log_resp, "log_resp", {s.N, s.K});
   const T *x = X.data(), *w = weights.data(), *mu = means.data(), *p = prec_chol.data();
@@ -142,16 +161,12 @@ template <class T>
 void gmm_suff_stats(const carray<T>& X, const carray<T>& resp, bool resp_is_log,
                     const std::string& covariance_type, carray<T>& nk, carray<T>& sums,
                     carray<T>& scatter) {
-  using genfast::gmm::Covariance;
   const auto cov = genfast::gmm::covariance_from_name(covariance_type);
   require(X.ndim() == 2, "X must be 2-d (N, D)");
   require(resp.ndim() == 2 && resp.shape(0) == X.shape(0), "resp must have shape (N, K) matching X");
   const genfast::gmm::Shape s{X.shape(0), resp.shape(1), X.shape(1)};
   require(s.K >= 1, "resp must have at least one component column");
-  require_shape(nk, "nk", {s.K});
-  require_shape(sums, "sums", {s.K, s.D});
-  require_shape(scatter, "scatter",
-                cov == Covariance::spherical ? std::vector<py::ssize_t>{s.K} : precision_shape(cov, s.K, s.D));
+  require_statistics(cov, s, nk, sums, scatter);
   const T *x = X.data(), *r = resp.data();
   T *n = nk.mutable_data(), *sm = sums.mutable_data(), *sc = scatter.mutable_data();
   py::gil_scoped_release release;
@@ -162,19 +177,10 @@ template <class T>
 void gmm_em_step(const carray<T>& X, const carray<T>& weights, const carray<T>& means,
                  const carray<T>& prec_chol, const std::string& covariance_type,
                  carray<T>& log_prob, carray<T>& nk, carray<T>& sums, carray<T>& scatter) {
-  using genfast::gmm::Covariance;
   const auto cov = genfast::gmm::covariance_from_name(covariance_type);
-  require(X.ndim() == 2, "X must be 2-d (N, D)");
-  require(means.ndim() == 2 && means.shape(1) == X.shape(1), "means must have shape (K, D) matching X");
-  const genfast::gmm::Shape s{X.shape(0), means.shape(0), X.shape(1)};
-  require(s.K >= 1, "means must hold at least one component");
-  require_shape(weights, "weights", {s.K});
-  require_shape(prec_chol, "precisions_cholesky", precision_shape(cov, s.K, s.D));
+  const auto s = mixture_shape(cov, X, weights, means, prec_chol);
   require_shape(log_prob, "log_prob", {s.N});
-  require_shape(nk, "nk", {s.K});
-  require_shape(sums, "sums", {s.K, s.D});
-  require_shape(scatter, "scatter",
-                cov == Covariance::spherical ? std::vector<py::ssize_t>{s.K} : precision_shape(cov, s.K, s.D));
+  require_statistics(cov, s, nk, sums, scatter);
   const T *x = X.data(), *w = weights.data(), *mu = means.data(), *p = prec_chol.data();
   T *lp = log_prob.mutable_data(), *n = nk.mutable_data(), *sm = sums.mutable_data(), *sc = scatter.mutable_data();
   py::gil_scoped_release release;
