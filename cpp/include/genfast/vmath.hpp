@@ -349,4 +349,47 @@ template <class V> GENFAST_VMATH_INLINE V log1p_approx(V x) {
   return y;
 }
 
+/// Result of log1p_reciprocal_unit: log(1 + x) and 1 / (1 + x).
+template <class V> struct Log1pReciprocal {
+  V log1p;
+  V reciprocal;
+};
+
+/// log(1 + x) and 1 / (1 + x) for 0 <= x <= 1, branch-free, sharing one division: the pieces
+/// of softplus(l) = max(l, 0) + log1p(exp(-|l|)) and sigmoid(l) given x = exp(-|l|). Cheaper
+/// than log1p_approx plus a division: the range has no special values and 1 + x in [1, 2]
+/// needs only a choice between two exponents.
+/// Max error (cpp/tests/test_vmath.cpp, all float inputs in [0, 1] and a double sweep):
+/// log1p < 1 ulp; reciprocal < 3 ulp (three roundings: (2+f) u, the division, (2+f) q;
+/// the rounding of 1 + x itself is within half an ulp). Outside [0, 1] the results are unspecified; NaN
+/// gives NaN.
+/// @param[in] x  0 <= x <= 1
+template <class V> GENFAST_VMATH_INLINE Log1pReciprocal<V> log1p_reciprocal_unit(V x) {
+  using E = typename lane_traits<V>::elem;
+  using C = detail::consts<E>;
+  using detail::splat;
+  const V one = splat<V>(E(1));
+  // Fast2Sum (1 >= x): u + c = 1 + x exactly, u in [1, 2]
+  const V u = one + x;
+  const V c = x - (u - one);
+  // u = 2^k m with m in [sqrt2/2, sqrt2): k = 1 (m = u/2, exact) from sqrt2 on, else k = 0
+  const auto upper = u >= splat<V>(E(2) * C::sqrt_half);
+  const V k = detail::select(upper, one, splat<V>(E(0)));
+  const V m = detail::select(upper, u * splat<V>(E(0.5)), u);
+  const V f = m - one;  // exact (Sterbenz)
+  // one division: q = 1/((2+f) u) gives s = f/(2+f) = f u q and 1/u = (2+f) q
+  const V two_f = splat<V>(E(2)) + f;
+  const V q = one / (two_f * u);
+  const V s = (f * u) * q;
+  const V reciprocal = two_f * q;
+  // log(1+x) = log(u) + log(1 + c/u) ~ log(u) + c/u (|c/u| <= 2^-p)
+  const V corr = c * reciprocal;
+  // log(u) = k ln2 + 2 atanh(s) = k ln2_hi + (f - (hfsq - (s (hfsq + R) + (k ln2_lo + c/u))))
+  const V hfsq = splat<V>(E(0.5)) * f * f;
+  const V rt = detail::log_tail(s * s);
+  const V log1p = k * splat<V>(C::ln2_hi) +
+                  (f - (hfsq - (s * (hfsq + rt) + (k * splat<V>(C::ln2_lo) + corr))));
+  return {log1p, reciprocal};
+}
+
 }  // namespace genfast::vmath
