@@ -8,7 +8,6 @@
 
 #include <cmath>
 #include <cstring>
-#include <stdexcept>
 #include <utility>
 
 namespace genfast::elbo {
@@ -144,8 +143,7 @@ accumulate_t<T> kl_row(const Problem<T>& p, int64_t L, int64_t b) {
 
 template <class T, Likelihood kLikelihood, bool kValues, bool kGrads>
 void evaluate_rows(const Shape& s, const Problem<T>& p) {
-  const bool reconstruction = s.D > 0 && (kValues || p.wants_reconstruction_gradients());
-  const bool kl = s.L > 0 && (kValues || p.wants_kl_gradients());
+  const bool reconstruction = p.visits_data(s), kl = p.visits_latents(s);
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < s.B; ++b) {
     const accumulate_t<T> rec_b =
@@ -159,37 +157,14 @@ void evaluate_rows(const Shape& s, const Problem<T>& p) {
   }
 }
 
-template <class T, Likelihood kLikelihood>
-void evaluate_likelihood(const Shape& s, const Problem<T>& p) {
-  if (p.wants_values() && p.wants_gradients())
-    evaluate_rows<T, kLikelihood, true, true>(s, p);
-  else if (p.wants_values())
-    evaluate_rows<T, kLikelihood, true, false>(s, p);
-  else if (p.wants_gradients())
-    evaluate_rows<T, kLikelihood, false, true>(s, p);
-}
-
-void require(bool ok, const char* what) {
-  if (!ok) throw std::invalid_argument(what);
-}
-
 }  // namespace
 
 template <class T>
 void evaluate(const Shape& s, Likelihood likelihood, const Problem<T>& p) {
-  require(s.B >= 0 && s.D >= 0 && s.L >= 0, "B, D and L must be non-negative");
-  if (s.D > 0 && (p.wants_values() || p.wants_reconstruction_gradients()))
-    require(p.x && p.decoder_out, "the reconstruction term needs x and the decoder output");
-  if (s.L > 0 && (p.wants_values() || p.wants_kl_gradients()))
-    require(p.mu && p.logvar, "the KL term needs mu and logvar");
-  require(s.D == 0 || !p.grad_decoder_logvar || p.decoder_logvar,
-          "grad_decoder_logvar needs a per-element decoder log-variance");
-  if (likelihood == Likelihood::bernoulli) {
-    require(!p.decoder_logvar && !p.grad_decoder_logvar, "the Bernoulli likelihood has no log-variance");
-    evaluate_likelihood<T, Likelihood::bernoulli>(s, p);
-  } else {
-    evaluate_likelihood<T, Likelihood::gaussian>(s, p);
-  }
+  check_problem(s, likelihood, p);
+  with_modes(likelihood, p, [&](auto lik, auto values, auto gradients) {
+    evaluate_rows<T, decltype(lik)::value, decltype(values)::value, decltype(gradients)::value>(s, p);
+  });
 }
 
 template <class T> void scale_rows(int64_t B, int64_t n, const T* in, const T* weight, T* out) {

@@ -11,6 +11,7 @@
 
 #include <genfast/common.hpp>
 
+#include <stdexcept>
 #include <type_traits>
 #include <utility>
 
@@ -64,7 +65,46 @@ template <class T> struct Problem {
   GENFAST_HD bool wants_gradients() const {
     return wants_reconstruction_gradients() || wants_kl_gradients();
   }
+  /// Whether a pass must read the data rows, and the latent rows.
+  GENFAST_HD bool visits_data(const Shape& s) const {
+    return s.D > 0 && (wants_values() || wants_reconstruction_gradients());
+  }
+  GENFAST_HD bool visits_latents(const Shape& s) const {
+    return s.L > 0 && (wants_values() || wants_kl_gradients());
+  }
 };
+
+/// Throws std::invalid_argument when an input that a requested output needs is missing, or
+/// for a log-variance with the Bernoulli likelihood (host code; both backends call it first).
+template <class T> void check_problem(const Shape& s, Likelihood likelihood, const Problem<T>& p) {
+  const auto require = [](bool ok, const char* what) {
+    if (!ok) throw std::invalid_argument(what);
+  };
+  require(s.B >= 0 && s.D >= 0 && s.L >= 0, "B, D and L must be non-negative");
+  if (p.visits_data(s)) require(p.x && p.decoder_out, "the reconstruction term needs x and the decoder output");
+  if (p.visits_latents(s)) require(p.mu && p.logvar, "the KL term needs mu and logvar");
+  require(s.D == 0 || !p.grad_decoder_logvar || p.decoder_logvar,
+          "grad_decoder_logvar needs a per-element decoder log-variance");
+  if (likelihood == Likelihood::bernoulli)
+    require(!p.decoder_logvar && !p.grad_decoder_logvar, "the Bernoulli likelihood has no log-variance");
+}
+
+/// Calls run(likelihood, values, gradients) with each argument a std::integral_constant (so a
+/// kernel can be instantiated for exactly the outputs p asks for); nothing when it asks for none.
+template <class T, class Run> void with_modes(Likelihood likelihood, const Problem<T>& p, Run&& run) {
+  const auto for_likelihood = [&](auto values, auto gradients) {
+    if (likelihood == Likelihood::bernoulli)
+      run(std::integral_constant<Likelihood, Likelihood::bernoulli>{}, values, gradients);
+    else
+      run(std::integral_constant<Likelihood, Likelihood::gaussian>{}, values, gradients);
+  };
+  if (p.wants_values() && p.wants_gradients())
+    for_likelihood(std::true_type{}, std::true_type{});
+  else if (p.wants_values())
+    for_likelihood(std::true_type{}, std::false_type{});
+  else if (p.wants_gradients())
+    for_likelihood(std::false_type{}, std::true_type{});
+}
 
 /// log(2 pi)
 GENFAST_HD double log_two_pi() { return 1.8378770664093453; }
