@@ -131,11 +131,13 @@ GENFAST_HD BernoulliTerm<V> bernoulli_term(V x, V l, Exp exp, Log1pReciprocal lo
   using E = lane_t<V>;
   const V e = exp(l < E(0) ? l : -l);  // exp(-|l|) in (0, 1]
   const auto lr = log1p_reciprocal(e);
-  // softplus(l) = log(1 + exp(l)) = max(l, 0) + log1p(exp(-|l|))
-  const V softplus = (l > E(0) ? l : V{}) + lr.log1p;
-  // sigmoid(l) = 1 / (1 + exp(-l)) for l >= 0 and exp(l) / (1 + exp(l)) for l < 0
-  const V sigmoid = l < E(0) ? e * lr.reciprocal : lr.reciprocal;
-  return {x * l - softplus, x - sigmoid, l};
+  const V sigmoid_neg_abs = e * lr.reciprocal;  // sigmoid(-|l|) = e / (1 + e)
+  // With softplus(l) = max(l, 0) + log1p(e), x l - softplus(l) = x' l - log1p(e) where
+  // x' = x - 1 for l > 0 and x otherwise; with sigmoid(l) = 1 - sigmoid(-|l|) for l > 0,
+  // x - sigmoid(l) = x' + sigmoid(-|l|) or x' - sigmoid(-|l|). x' l and x' + sigmoid(-|l|)
+  // never cancel for x in {0, 1}, so tiny log-likelihoods and gradients keep their digits.
+  const V x_shift = l > E(0) ? x - E(1) : x;
+  return {x_shift * l - lr.log1p, x_shift + (l > E(0) ? sigmoid_neg_abs : -sigmoid_neg_abs), l};
 }
 
 /// One element's Gaussian log-likelihood and its derivatives (d/dx = -d_mean).
