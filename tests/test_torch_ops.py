@@ -154,6 +154,33 @@ def test_gradients_only_where_required(seed):
     torch.testing.assert_close(x.grad, out)
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_the_usual_loss_reuses_the_forward_rows(seed, reduction):
+    """loss = -elbo(...) (and -log-likelihood, +kl) is the upstream the forward computes its
+    rows for: the backward passes them on without the rescaling op, and they are right."""
+    x, out, _, mu, logvar = make_inputs(seed, (5, 9, 3), "bernoulli", torch.float64, "cpu")
+    losses = [lambda: -gt.elbo(x, out, mu, logvar, beta=0.4, reduction=reduction),
+              lambda: -gt.bernoulli_log_likelihood(x, out, reduction) + gt.kl_normal_std(mu, logvar, reduction)]
+    for loss_fn in losses:
+        for t in (out, mu, logvar):
+            t.grad = None
+        loss = loss_fn()
+        with torch.profiler.profile() as prof:
+            (loss if reduction != "none" else loss.sum()).backward()
+        names = {e.name for e in prof.events()}
+        assert "genfast::elbo_backward" not in names, "the rows should have been used as they are"
+        beta = 0.4 if loss_fn is losses[0] else 1.0
+        grads = reference.elbo_gradients(np64(x), np64(out), np64(mu), np64(logvar), beta=beta)
+        scale = -1.0 / 5 if reduction == "mean" else -1.0
+        for name, t in (("decoder_out", out), ("mu", mu), ("logvar", logvar)):
+            np.testing.assert_allclose(np64(t.grad), scale * grads[name], rtol=1e-12, err_msg=f"{name}; seed={seed}")
+    # any other upstream goes through the rescaling op
+    (2.5 * gt.elbo(x, out, mu, logvar, reduction=reduction).sum()).backward()
+    with torch.profiler.profile() as prof:
+        gt.elbo(x, out, mu, logvar, reduction=reduction).sum().backward()
+    assert "genfast::elbo_backward" in {e.name for e in prof.events()}
+
+
 def test_backward_twice_with_retain_graph(seed):
     x, out, _, mu, logvar = make_inputs(seed, (4, 5, 2), "bernoulli", torch.float64, "cpu")
     loss = -gt.elbo(x, out, mu, logvar)
@@ -216,21 +243,22 @@ def test_extreme_values_give_finite_values_and_gradients(seed, device, dtype):
 # --------------------------------------------------------------------------- torch.library checks
 def opcheck_samples(device):
     """Argument tuples of genfast::elbo_forward: both likelihoods, with and without gradient
-    rows, KL-only and reconstruction-only calls, a non-contiguous input. An input requires
-    grad exactly when its gradient rows are asked for, as genfast.torch.elbo calls it."""
+    rows (at various scales), KL-only and reconstruction-only calls, a non-contiguous input.
+    An input requires grad exactly when its gradient rows are asked for, as genfast.torch.elbo
+    calls it."""
     x, out, out_logvar, mu, logvar = (None if t is None else t.detach() for t in
                                       make_inputs(0, (5, 7, 3), "gaussian", torch.float64, device))
     xb = (x > 0).double()
     strided = out.t().contiguous().t()
     samples = [
-        (xb, out, None, mu, logvar, "bernoulli", 0.0, 0.5, [False, True, False, True, True]),
-        (x, out, out_logvar, mu, logvar, "gaussian", 0.0, 1.0, [True, True, True, True, True]),
-        (x, out, None, mu, logvar, "gaussian", -0.7, 2.0, [False, True, False, False, True]),
-        (x, out, out_logvar, mu, logvar, "gaussian", 0.0, 1.0, [False] * 5),
-        (None, None, None, mu, logvar, "bernoulli", 0.0, 1.0, [False, False, False, True, True]),
-        (xb, strided, None, None, None, "bernoulli", 0.0, 1.0, [False, True, False, False, False]),
+        (xb, out, None, mu, logvar, "bernoulli", 0.0, 0.5, [False, True, False, True, True], -1.0, 1.0),
+        (x, out, out_logvar, mu, logvar, "gaussian", 0.0, 1.0, [True, True, True, True, True], 1.0, 1.0),
+        (x, out, None, mu, logvar, "gaussian", -0.7, 2.0, [False, True, False, False, True], 0.5, -2.0),
+        (x, out, out_logvar, mu, logvar, "gaussian", 0.0, 1.0, [False] * 5, 1.0, 1.0),
+        (None, None, None, mu, logvar, "bernoulli", 0.0, 1.0, [False, False, False, True, True], 1.0, 0.25),
+        (xb, strided, None, None, None, "bernoulli", 0.0, 1.0, [False, True, False, False, False], -0.2, 1.0),
     ]
-    return [tuple(None if t is None else t.clone().requires_grad_(want) for t, want in zip(args[:5], args[-1]))
+    return [tuple(None if t is None else t.clone().requires_grad_(want) for t, want in zip(args[:5], args[8]))
             + args[5:] for args in samples]
 
 
@@ -345,7 +373,7 @@ def test_bad_arguments_of_the_pieces():
 def test_direct_op_call_without_gradient_rows_refuses_to_backpropagate():
     args = good_args()
     out = args["decoder_out"].requires_grad_()
-    values = torch.ops.genfast.elbo_forward(args["x"], out, None, None, None, "bernoulli", 0.0, 1.0, [False] * 5)
+    values = torch.ops.genfast.elbo_forward(args["x"], out, None, None, None, "bernoulli", 0.0, 1.0, [False] * 5, 1.0, 1.0)
     with pytest.raises(RuntimeError, match="gradients=False for decoder_out"):
         values[0].sum().backward()
 

@@ -6,11 +6,14 @@
 Two custom operators (``torch.library.custom_op``, namespace ``genfast``) do the work:
 
 - ``genfast::elbo_forward`` computes the per-sample ELBO, reconstruction log-likelihood and KL
-  and, for every input that requires grad, the per-sample gradient rows d rec_b / d input or
-  d kl_b / d input, all in one pass over the data (the per-element work of the gradient is
-  done there, while the data is in registers);
-- ``genfast::elbo_backward`` (the backward, itself a custom op) scales those rows by the
-  upstream per-sample gradients: one multiply per element, no transcendental math.
+  and, for every input that requires grad, its gradient rows, all in one pass over the data.
+  The rows are computed for the upstream gradient of ``loss = -elbo(...)`` (reduced as asked),
+  the way the ELBO is trained; when the backward finds exactly that upstream gradient (the
+  usual case, checked on its B values), the rows are the gradient and are passed on as they
+  are: the training step touches each element once.
+- ``genfast::elbo_backward`` (the backward for any other upstream gradient, itself a custom op)
+  rescales the rows per sample: one multiply per element, no transcendental math. Compiled
+  and traced graphs always take this op (the check reads tensor values).
 
 Both run on CPU tensors (genfast._core, OpenMP + SIMD) and CUDA tensors (genfast._cuda, on
 the current stream of the tensor's device), accept non-contiguous inputs (copied to
@@ -50,11 +53,12 @@ def _first(tensors):
 @torch.library.custom_op("genfast::elbo_forward", mutates_args=())
 def elbo_forward(x: Optional[Tensor], decoder_out: Optional[Tensor], decoder_logvar: Optional[Tensor],
                  mu: Optional[Tensor], logvar: Optional[Tensor], likelihood: str, fixed_logvar: float,
-                 beta: float, gradients: list[bool]
+                 beta: float, gradients: list[bool], rec_scale: float, kl_scale: float
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(elbo, rec, kl) per sample (B,), then for x, decoder_out, decoder_logvar, mu, logvar in
-    turn: d rec_b / d input (data inputs) or d kl_b / d input (latents) where gradients[i] is
-    set, shaped as the input, else an empty (0,) tensor. Inputs are 2-d, (B, D) or (B, L)."""
+    turn the gradient rows where gradients[i] is set: rec_scale d rec_b / d input for the data
+    inputs, kl_scale d kl_b / d input for the latents, shaped as the input; else an absent
+    marker, an empty (0,) tensor. Inputs are 2-d, (B, D) or (B, L); at least one is given."""
     inputs = [None if t is None else t.contiguous() for t in (x, decoder_out, decoder_logvar, mu, logvar)]
     first = _first(inputs)
     values = [first.new_empty(first.shape[0]) for _ in _VALUES]
@@ -64,12 +68,14 @@ def elbo_forward(x: Optional[Tensor], decoder_out: Optional[Tensor], decoder_log
                       {**dict(zip(_VALUES, values)),
                        **{"grad_" + n: r for n, r, t, want in
                           zip(_ops.ELBO_INPUTS, rows, inputs, _gradient_rows(inputs, gradients)) if want}},
-                      likelihood=likelihood, fixed_logvar=fixed_logvar, beta=beta, rec_scale=1.0, kl_scale=1.0)
+                      likelihood=likelihood, fixed_logvar=fixed_logvar, beta=beta, rec_scale=rec_scale,
+                      kl_scale=kl_scale)
     return (*values, *rows)
 
 
 @elbo_forward.register_fake
-def _elbo_forward_fake(x, decoder_out, decoder_logvar, mu, logvar, likelihood, fixed_logvar, beta, gradients):
+def _elbo_forward_fake(x, decoder_out, decoder_logvar, mu, logvar, likelihood, fixed_logvar, beta, gradients,
+                       rec_scale, kl_scale):
     inputs = (x, decoder_out, decoder_logvar, mu, logvar)
     first = _first(inputs)
     values = [first.new_empty(first.shape[0]) for _ in _VALUES]
@@ -82,9 +88,9 @@ def _elbo_forward_fake(x, decoder_out, decoder_logvar, mu, logvar, likelihood, f
 def elbo_backward(grad_x: Tensor, grad_decoder_out: Tensor, grad_decoder_logvar: Tensor, grad_mu: Tensor,
                   grad_logvar: Tensor, rec_weight: Optional[Tensor], kl_weight: Optional[Tensor]
                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The gradient rows of elbo_forward, row b times the upstream weight of its term: rec_weight[b]
-    for the data inputs, kl_weight[b] for the latents (shape (B,) each). An input whose rows are
-    absent (a (0,) tensor), or whose weight is None, gets an absent (0,) tensor."""
+    """Gradient rows rescaled per sample: row b times rec_weight[b] for the data inputs, times
+    kl_weight[b] for the latents (shape (B,) each). An input whose rows are absent (a (0,)
+    tensor), or whose weight is None, gets an absent (0,) tensor."""
     weights = (rec_weight, kl_weight)
     out = []
     for rows, term in zip((grad_x, grad_decoder_out, grad_decoder_logvar, grad_mu, grad_logvar), _TERM_OF_INPUT):
@@ -107,8 +113,8 @@ def _elbo_backward_fake(grad_x, grad_decoder_out, grad_decoder_logvar, grad_mu, 
 
 
 def _setup_elbo_forward(ctx, inputs, output):
-    x, decoder_out, decoder_logvar, mu, logvar, _, _, beta, gradients = inputs
-    ctx.beta = beta
+    x, decoder_out, decoder_logvar, mu, logvar, _, _, beta, gradients, rec_scale, kl_scale = inputs
+    ctx.beta, ctx.scales = beta, (rec_scale, kl_scale)
     ctx.has_rows = _gradient_rows((x, decoder_out, decoder_logvar, mu, logvar), gradients)
     ctx.save_for_backward(*output[3:])
     ctx.mark_non_differentiable(*output[3:])
@@ -119,19 +125,29 @@ def _add(a, b):
     return b if a is None else a if b is None else a + b
 
 
+def _is_uniform(weight: Tensor, value: float) -> bool:
+    """Whether the upstream weight is `value` for every sample. Read only from plain tensors
+    outside compilation: traced graphs (fake or functional tensors) have no values to read."""
+    return type(weight) is Tensor and not torch.compiler.is_compiling() and bool((weight == value).all())
+
+
 def _backward_elbo_forward(ctx, grad_elbo, grad_rec, grad_kl, *_rows):
     for name, needed, has in zip(_ops.ELBO_INPUTS, ctx.needs_input_grad, ctx.has_rows):
         if needed and not has:
             raise RuntimeError(f"genfast::elbo_forward was called with gradients=False for {name}, "
                                f"which requires grad; call genfast.torch.elbo instead")
     # ELBO_b = rec_b - beta kl_b: the upstream weight of sample b's rec and kl gradients
-    rec_weight = _add(grad_elbo, grad_rec)
-    kl_weight = _add(None if grad_elbo is None else -ctx.beta * grad_elbo, grad_kl)
-    grads = elbo_backward(*ctx.saved_tensors, rec_weight, kl_weight)
-    weights = (rec_weight, kl_weight)
-    return (*(g if needed and weights[term] is not None else None
-              for g, needed, term in zip(grads, ctx.needs_input_grad, _TERM_OF_INPUT)),
-            None, None, None, None)
+    weights = (_add(grad_elbo, grad_rec), _add(None if grad_elbo is None else -ctx.beta * grad_elbo, grad_kl))
+    rows = ctx.saved_tensors
+    # Rows computed for exactly these weights are the gradient; otherwise rescale them by
+    # weight / scale (one pass, in the elbo_backward op).
+    as_computed = [w is not None and _is_uniform(w, scale) for w, scale in zip(weights, ctx.scales)]
+    rescale = [None if w is None or done else w / scale for w, done, scale in zip(weights, as_computed, ctx.scales)]
+    rescaled = elbo_backward(*rows, *rescale) if any(r is not None for r in rescale) else rows
+    grads = []
+    for row, new, needed, term in zip(rows, rescaled, ctx.needs_input_grad, _TERM_OF_INPUT):
+        grads.append(None if not needed or weights[term] is None else row if as_computed[term] else new)
+    return (*grads, None, None, None, None, None, None)
 
 
 torch.library.register_autograd("genfast::elbo_forward", _backward_elbo_forward, setup_context=_setup_elbo_forward)
@@ -201,13 +217,18 @@ def _check_reduction(reduction):
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
-def _terms(x, decoder_out, decoder_logvar, mu, logvar, likelihood, fixed_logvar, beta):
+def _terms(x, decoder_out, decoder_logvar, mu, logvar, likelihood, fixed_logvar, beta, reduction):
     """(elbo, rec, kl) per sample through the custom op, with gradient rows for the inputs that
-    require grad (when autograd records)."""
+    require grad (when autograd records). The rows are computed for the upstream gradient of
+    the loss these terms are trained with: -elbo and -log-likelihood (so +kl), reduced as asked
+    (for reduction='none' as if summed)."""
     inputs = (x, decoder_out, decoder_logvar, mu, logvar)
     record = torch.is_grad_enabled()
     gradients = [record and t is not None and t.requires_grad for t in inputs]
-    return elbo_forward(*inputs, likelihood, fixed_logvar, beta, gradients)[:3]
+    per_sample = -1.0 / _first(inputs).shape[0] if reduction == "mean" else -1.0
+    # kl's weight in the ELBO is -beta; with beta = 0 the rows keep a non-zero scale to be rescaled
+    kl_scale = -beta * per_sample if beta > 0 else -per_sample
+    return elbo_forward(*inputs, likelihood, fixed_logvar, beta, gradients, per_sample, kl_scale)[:3]
 
 
 # --------------------------------------------------------------------------- public functions
@@ -238,7 +259,7 @@ def elbo(x: Tensor, decoder_out: Tensor, mu: Tensor, logvar: Tensor, likelihood:
     _check_reduction(reduction)
     x2, out2, logvar2 = _data(x, decoder_out, decoder_logvar, "decoder_out")
     mu, logvar = _latent(mu, logvar, "x", x)
-    terms = _terms(x2, out2, logvar2, mu, logvar, likelihood, fixed_logvar, beta)
+    terms = _terms(x2, out2, logvar2, mu, logvar, likelihood, fixed_logvar, beta, reduction)
     reduced = tuple(_reduce(t, reduction) for t in terms)
     return reduced if return_terms else reduced[0]
 
@@ -248,7 +269,7 @@ def kl_normal_std(mu: Tensor, logvar: Tensor, reduction: str = "mean") -> Tensor
     reduced over the batch ('mean', 'sum' or 'none' for shape (B,)). mu, logvar: (B, L)."""
     _check_reduction(reduction)
     mu, logvar = _latent(mu, logvar)
-    return _reduce(_terms(None, None, None, mu, logvar, "bernoulli", 0.0, 1.0)[2], reduction)
+    return _reduce(_terms(None, None, None, mu, logvar, "bernoulli", 0.0, 1.0, reduction)[2], reduction)
 
 
 def bernoulli_log_likelihood(x: Tensor, logits: Tensor, reduction: str = "mean") -> Tensor:
@@ -256,7 +277,7 @@ def bernoulli_log_likelihood(x: Tensor, logits: Tensor, reduction: str = "mean")
     the stable softplus form, reduced over the batch. x, logits: (B, D) or (B, *features)."""
     _check_reduction(reduction)
     x2, logits2, _ = _data(x, logits, None, "logits")
-    return _reduce(_terms(x2, logits2, None, None, None, "bernoulli", 0.0, 1.0)[1], reduction)
+    return _reduce(_terms(x2, logits2, None, None, None, "bernoulli", 0.0, 1.0, reduction)[1], reduction)
 
 
 def gaussian_log_likelihood(x: Tensor, mean: Tensor, logvar: Tensor | None = None, *,
@@ -266,4 +287,5 @@ def gaussian_log_likelihood(x: Tensor, mean: Tensor, logvar: Tensor | None = Non
     _check_reduction(reduction)
     fixed_logvar = _ops.gaussian_fixed_logvar("gaussian", logvar, variance)
     x2, mean2, logvar2 = _data(x, mean, logvar, "mean", "logvar")
-    return _reduce(_terms(x2, mean2, logvar2, None, None, "gaussian", fixed_logvar, 1.0)[1], reduction)
+    return _reduce(_terms(x2, mean2, logvar2, None, None, "gaussian", fixed_logvar, 1.0, reduction)[1],
+                   reduction)
