@@ -16,8 +16,14 @@ namespace {
 template <class T> using vec = simd::vec_t<T>;
 template <class T> constexpr int kLanes = simd::vector<T>::lanes;
 
-const auto vector_exp = [](auto v) { return vmath::exp_approx(v); };
-const auto vector_log1p_reciprocal = [](auto v) { return vmath::log1p_reciprocal_unit(v); };
+/// vmath's exp and log1p_reciprocal_unit as the function objects the shared math takes, forced
+/// inline: a call would clobber every vector register of the loop.
+struct VectorExp {
+  template <class V> GENFAST_VMATH_INLINE V operator()(V v) const { return vmath::exp_approx(v); }
+};
+struct VectorLog1pReciprocal {
+  template <class V> GENFAST_VMATH_INLINE auto operator()(V v) const { return vmath::log1p_reciprocal_unit(v); }
+};
 
 /// Sum of vectors of T in the accumulation type. Vectors are added in T for blocks of
 /// kBlock (each lane sums at most kBlock terms in T), and each block's sum is widened lane by
@@ -104,12 +110,12 @@ accumulate_t<T> reconstruction_row(const Problem<T>& p, int64_t D, int64_t b) {
     const V x = access.load(p.x + at), out = access.load(p.decoder_out + at);
     V log_p, d_out, d_x;
     if constexpr (kLikelihood == Likelihood::bernoulli) {
-      const BernoulliTerm<V> t = bernoulli_term(x, out, vector_exp, vector_log1p_reciprocal);
+      const BernoulliTerm<V> t = bernoulli_term(x, out, VectorExp{}, VectorLog1pReciprocal{});
       log_p = t.log_p, d_out = t.d_logit, d_x = t.d_x;
     } else {
       const bool per_element = p.decoder_logvar != nullptr;
       const V s = per_element ? access.load(p.decoder_logvar + at) : V{} + fixed_logvar;
-      const V precision = per_element ? vector_exp(-s) : V{} + fixed_precision;
+      const V precision = per_element ? VectorExp{}(-s) : V{} + fixed_precision;
       const GaussianTerm<V> t = gaussian_term(x, out, s, precision);
       log_p = t.log_p, d_out = t.d_mean, d_x = -t.d_mean;
       if (kGrads && p.grad_decoder_logvar) access.store(p.grad_decoder_logvar + at, scale * t.d_logvar);
@@ -131,7 +137,7 @@ accumulate_t<T> kl_row(const Problem<T>& p, int64_t L, int64_t b) {
   Accumulator<T> acc;
   for_each_vector<T>(L, [&](int64_t l, auto access) {
     const int64_t at = b * L + l;
-    const KLTerm<V> t = kl_term(access.load(p.mu + at), access.load(p.logvar + at), vector_exp);
+    const KLTerm<V> t = kl_term(access.load(p.mu + at), access.load(p.logvar + at), VectorExp{});
     if constexpr (kValues) acc.add(access.counted(t.kl));
     if constexpr (kGrads) {
       if (p.grad_mu) access.store(p.grad_mu + at, scale * t.d_mu);

@@ -15,6 +15,14 @@
 #include <type_traits>
 #include <utility>
 
+/// The per-element functions run inside the CPU kernel's SIMD loop, so on the host they are
+/// forced inline as CUDA's GENFAST_HD already is: a call there would spill every vector register.
+#if defined(__CUDACC__)
+#define GENFAST_ELBO_INLINE GENFAST_HD
+#else
+#define GENFAST_ELBO_INLINE inline __attribute__((always_inline))
+#endif
+
 namespace genfast::elbo {
 
 /// Reconstruction model p(x | decoder output).
@@ -127,7 +135,7 @@ template <class V> struct BernoulliTerm {
 /// ever sees -|l| <= 0, so nothing overflows). `log1p_reciprocal(e)` returns {log1p(e),
 /// 1 / (1 + e)} for e in (0, 1].
 template <class V, class Exp, class Log1pReciprocal>
-GENFAST_HD BernoulliTerm<V> bernoulli_term(V x, V l, Exp exp, Log1pReciprocal log1p_reciprocal) {
+GENFAST_ELBO_INLINE BernoulliTerm<V> bernoulli_term(V x, V l, Exp exp, Log1pReciprocal log1p_reciprocal) {
   using E = lane_t<V>;
   const V e = exp(l < E(0) ? l : -l);  // exp(-|l|) in (0, 1]
   const auto lr = log1p_reciprocal(e);
@@ -150,7 +158,7 @@ template <class V> struct GaussianTerm {
 /// log N(x | m, exp(s)) given the precision exp(-s) (computed by the caller: per element, or
 /// once for a fixed variance).
 template <class V>
-GENFAST_HD GaussianTerm<V> gaussian_term(V x, V m, V s, V precision) {
+GENFAST_ELBO_INLINE GaussianTerm<V> gaussian_term(V x, V m, V s, V precision) {
   using E = lane_t<V>;
   const V r_prec = (x - m) * precision;
   const V q = (x - m) * r_prec;  // (x - m)^2 / var
@@ -168,7 +176,7 @@ template <class V> struct KLTerm {
 /// close to the prior), so there it is summed as the series sum_{n>=2} lv^n / n!, which
 /// also gives exp(lv) - 1 = (that) + lv accurately for the gradient.
 template <class V, class Exp>
-GENFAST_HD KLTerm<V> kl_term(V mu, V lv, Exp exp) {
+GENFAST_ELBO_INLINE KLTerm<V> kl_term(V mu, V lv, Exp exp) {
   using E = lane_t<V>;
   // Terms up to lv^N / N! reach the type's precision for |lv| < 1/2.
   constexpr int N = sizeof(E) == 4 ? 8 : 16;
