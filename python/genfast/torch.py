@@ -9,8 +9,9 @@ Two custom operators (``torch.library.custom_op``, namespace ``genfast``) do the
   and, for every input that requires grad, its gradient rows, all in one pass over the data.
   The rows are computed for the upstream gradient of ``loss = -elbo(...)`` (reduced as asked),
   the way the ELBO is trained; when the backward finds exactly that upstream gradient (the
-  usual case, checked on its B values), the rows are the gradient and are passed on as they
-  are: the training step touches each element once.
+  usual case, checked on its B values; on CUDA that check synchronises the stream once per
+  backward), the rows are the gradient and are passed on as they are: the training step
+  touches each element once.
 - ``genfast::elbo_backward`` (the backward for any other upstream gradient, itself a custom op)
   rescales the rows per sample: one multiply per element, no transcendental math. Compiled
   and traced graphs always take this op (the check reads tensor values).
