@@ -261,8 +261,7 @@ def elbo(x: Tensor, decoder_out: Tensor, mu: Tensor, logvar: Tensor, likelihood:
     x2, out2, logvar2 = _data(x, decoder_out, decoder_logvar, "decoder_out")
     mu, logvar = _latent(mu, logvar, "x", x)
     terms = _terms(x2, out2, logvar2, mu, logvar, likelihood, fixed_logvar, beta, reduction)
-    reduced = tuple(_reduce(t, reduction) for t in terms)
-    return reduced if return_terms else reduced[0]
+    return tuple(_reduce(t, reduction) for t in terms) if return_terms else _reduce(terms[0], reduction)
 
 
 def kl_normal_std(mu: Tensor, logvar: Tensor, reduction: str = "mean") -> Tensor:
