@@ -21,6 +21,7 @@ See benchmarks/README.md for the columns.
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import sys
 import time
@@ -161,9 +162,11 @@ class Skip(Exception):
     pass
 
 
-def run_peer(peer, torch, gt, ops, x, leaves, likelihood, args, sync):
-    """(Timing per step, loss, gradients, notes, extra) of one peer."""
+def prepare_peer(peer, torch, gt, ops, x, leaves, likelihood, sync):
+    """(one training step of the peer, a function from its output to (loss, gradients),
+    notes, extra). torch.compile compiles here, outside any timing."""
     notes, extra = [], {}
+    order = ["decoder_out", "decoder_logvar", "mu", "logvar"] if likelihood == "gaussian" else ["decoder_out", "mu", "logvar"]
 
     def step(loss_fn):
         def one():
@@ -174,45 +177,58 @@ def run_peer(peer, torch, gt, ops, x, leaves, likelihood, args, sync):
             return loss
         return one
 
+    def from_autograd(loss):
+        return loss, [t.grad for t in leaves]
+
     if peer == "genfast":
         if gt is None:
             raise Skip("genfast.torch is not importable")
-        fn = step(genfast_loss(gt, likelihood))
-    elif peer == "genfast kernel":
+        return step(genfast_loss(gt, likelihood)), from_autograd, notes, extra
+    if peer == "genfast kernel":
         if ops is None or not hasattr(ops, "elbo"):
             raise Skip("genfast.ops.elbo is not in this genfast build")
-        detached = [t.detach() for t in leaves]
-        names = ["decoder_out", "decoder_logvar", "mu", "logvar"] if likelihood == "gaussian" else ["decoder_out", "mu", "logvar"]
-        kw = dict(zip(names, detached))
+        kw = dict(zip(order, (t.detach() for t in leaves)))
         notes.append("genfast.ops.elbo(..., gradients=True): the fused kernel alone, no autograd; "
                      "gradients of the summed ELBO")
 
-        def fn():
-            e, r, k, grads = ops.elbo(x, likelihood=likelihood, beta=BETA, gradients=True, check_finite=False, **kw)
+        def kernel():
+            e, _, _, grads = ops.elbo(x, likelihood=likelihood, beta=BETA, gradients=True, check_finite=False, **kw)
             return -e.mean(), grads
-    elif peer == "torch":
-        fn = step(torch_loss(torch, likelihood))
-    else:
-        torch._dynamo.reset()
-        compiled = torch.compile(torch_loss(torch, likelihood), dynamic=False)
-        fn = step(compiled)
-        start = time.perf_counter()
-        fn()
-        sync()
-        extra["compile_seconds"] = time.perf_counter() - start
-        notes.append(f"compiled in {extra['compile_seconds']:.1f} s (not timed)")
 
-    time.sleep(0.2)  # let other runtimes' idle threads stop spinning
-    per_repeat = H.time_call(lambda: [fn() for _ in range(args.steps)][-1], repeats=args.repeats,
-                             warmup=1, sync=sync)
-    out = per_repeat.output
-    if peer == "genfast kernel":
-        loss, grads = out
-        order = ["decoder_out", "decoder_logvar", "mu", "logvar"] if likelihood == "gaussian" else ["decoder_out", "mu", "logvar"]
-        gradients = [-grads[n] / x.shape[0] for n in order]
-    else:
-        loss, gradients = out, [t.grad for t in leaves]
-    return per_repeat, float(loss.detach()), [g.detach().clone() for g in gradients], notes, extra
+        def loss_and_gradients(out):  # d(-mean ELBO) from d(sum ELBO), outside the timing
+            return out[0], [-out[1][n] / x.shape[0] for n in order]
+        return kernel, loss_and_gradients, notes, extra
+    if peer == "torch":
+        return step(torch_loss(torch, likelihood)), from_autograd, notes, extra
+    torch._dynamo.reset()
+    fn = step(torch.compile(torch_loss(torch, likelihood), dynamic=False))
+    start = time.perf_counter()
+    fn()
+    sync()
+    extra["compile_seconds"] = time.perf_counter() - start
+    notes.append(f"compiled in {extra['compile_seconds']:.1f} s (not timed)")
+    return fn, from_autograd, notes, extra
+
+
+def time_interleaved(fns: dict, args, sync) -> dict:
+    """Timing of `args.steps` calls per repeat for each peer, the peers taking turns repeat by
+    repeat (so that a busy moment of the machine falls on all of them alike): one untimed
+    repeat each first."""
+    samples = {peer: [] for peer in fns}
+    warmup = {peer: [] for peer in fns}
+    outputs = {}
+    for r in range(args.repeats + 1):
+        for peer, fn in fns.items():
+            gc.collect()
+            sync()
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                out = None  # the previous step's results are gone before the next allocates
+                out = fn()
+            sync()
+            (samples if r else warmup)[peer].append(time.perf_counter() - start)
+            outputs[peer] = out
+    return {peer: (H.Timing(samples=samples[peer], warmup=warmup[peer]), outputs[peer]) for peer in fns}
 
 
 def max_rel_diff(torch, a, b):
@@ -222,30 +238,36 @@ def max_rel_diff(torch, a, b):
 def run_case(torch, gt, ops, B, D, L, likelihood, args, copy, sync):
     x, leaves = make_inputs(torch, B, D, L, likelihood, args.device, args.seed)
     nbytes = bytes_moved(B, D, L, likelihood)
-    results, reference = [], None
+    rows, prepared = {}, {}
     for peer in args.peers:
-        row = {"peer": peer, "status": "ok"}
+        rows[peer] = {"peer": peer, "status": "ok"}
         try:
-            t, loss, grads, notes, extra = run_peer(peer, torch, gt, ops, x, leaves, likelihood, args, sync)
-            seconds = t.scaled(1.0 / args.steps)
-            row.update(seconds_per_step=seconds, loss=loss, notes=notes, extra=extra,
-                       ms=1e3 * seconds["median"], gbps=nbytes / seconds["median"] / 1e9)
-            row["of_copy"] = row["gbps"] / copy["gbps_best"]
-            if reference is None:
-                reference = (peer, loss, grads)
-            row["loss_rel_diff"] = abs(loss - reference[1]) / abs(reference[1])
-            row["grad_max_rel_diff"] = max(max_rel_diff(torch, g, r) for g, r in zip(grads, reference[2]))
+            prepared[peer] = prepare_peer(peer, torch, gt, ops, x, leaves, likelihood, sync)
         except Skip as e:
-            row.update(status="skipped", reason=str(e))
+            rows[peer].update(status="skipped", reason=str(e))
         except Exception as e:  # a failing peer is reported, the others still run
-            row.update(status="error", reason=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-        results.append(row)
+            rows[peer].update(status="error", reason=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+    timings = time_interleaved({peer: p[0] for peer, p in prepared.items()}, args, sync)
+    reference = None
+    for peer, (t, out) in timings.items():
+        loss, grads = prepared[peer][1](out)
+        loss, grads = float(loss.detach()), [g.detach().clone() for g in grads]
+        seconds = t.scaled(1.0 / args.steps)
+        row = rows[peer]
+        row.update(seconds_per_step=seconds, loss=loss, notes=prepared[peer][2], extra=prepared[peer][3],
+                   ms=1e3 * seconds["median"], gbps=nbytes / seconds["median"] / 1e9)
+        row["of_copy"] = row["gbps"] / copy["gbps_best"]
+        if reference is None:
+            reference = (peer, loss, grads)
+        row["loss_rel_diff"] = abs(loss - reference[1]) / abs(reference[1])
+        row["grad_max_rel_diff"] = max(max_rel_diff(torch, g, r) for g, r in zip(grads, reference[2]))
+    results = list(rows.values())
     ms = {r["peer"]: r.get("ms") for r in results}
     base = ms.get("genfast")
     for r in results:
         r["genfast_speedup"] = r["ms"] / base if base and r.get("ms") else None
     summary = {"likelihood": likelihood, "B": B, "D": D, "L": L, "bytes": nbytes,
-               "genfast_ms": base, "genfast_gbps": next((r["gbps"] for r in results if r["peer"] == "genfast" and "gbps" in r), None)}
+               "genfast_ms": base, "genfast_gbps": rows.get("genfast", {}).get("gbps")}
     for peer, target in TARGET_SPEEDUP.items():
         if base and ms.get(peer):
             summary[f"speedup_vs_{peer}"] = ms[peer] / base
@@ -306,6 +328,7 @@ def main(argv=None) -> int:
             "beta": BETA, "seed": args.seed, "reduction": "mean over the batch",
             "step": "grads set to None; loss = -ELBO (batch mean); loss.backward()",
             "statistic": "median over repeats of (repeat seconds / steps)",
+            "order": "interleaved: each repeat times every peer in turn",
             "warmup": "one untimed repeat per peer (and torch.compile's compilation before it)",
             "timer": "time.perf_counter" + (", torch.cuda.synchronize() before reading it" if cuda else ""),
             "bytes_moved": "float32 inputs read once + gradients written once",
