@@ -473,6 +473,28 @@ def write_results(name: str, device: str, record: dict, out_dir: str | os.PathLi
     return path, latest
 
 
+def close_record(record: dict, threads: int, warning_before: str | None) -> None:
+    """The end of a run: the load average and the busy-machine warnings (before and after) go
+    into the record; the one after is printed."""
+    record["loadavg_after"] = loadavg()
+    warning_after = busy_warning(threads, "at the end of the run")
+    record["warnings"] = [w for w in (warning_before, warning_after) if w]
+    if warning_after:
+        print("\n" + warning_after)
+
+
+def save_and_status(name: str, device: str, record: dict, out_dir, *, no_json: bool, errors: int) -> int:
+    """Writes the record (unless no_json) and returns the script's exit status: 1 when `errors`
+    peer runs failed, else 0."""
+    if not no_json:
+        path, latest = write_results(name, device, record, out_dir)
+        print(f"\nwrote {path}\n  and {latest}")
+    if errors:
+        print(f"{errors} peer run(s) failed; see 'traceback' in the JSON", file=sys.stderr)
+        return 1
+    return 0
+
+
 def describe_machine(record: dict) -> str:
     """One or two human lines about the machine, for the top of a printed report."""
     m = record["machine"]

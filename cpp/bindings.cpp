@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "elbo.hpp"
 #include "gmm.hpp"
 #include "kmeans.hpp"
 
@@ -217,6 +218,89 @@ template <class T> void bind_kmeans(py::module_& m) {
         "kmeans_assign then kmeans_update of that assignment in one pass over X.");
 }
 
+// ---- VAE ELBO ----------------------------------------------------------------------------
+template <class T> using optional_array = std::optional<carray<T>>;
+/// Arrays that share a shape, with their argument names.
+template <class T> using named_arrays = std::initializer_list<std::pair<const char*, const optional_array<T>*>>;
+
+/// Size of axis `axis` of the first of `arrays` that is given, or `fallback` when none is.
+template <class T> py::ssize_t first_extent(named_arrays<T> arrays, int axis, py::ssize_t fallback) {
+  for (const auto& [name, a] : arrays)
+    if (*a) return (*a)->ndim() > axis ? (*a)->shape(axis) : -1;
+  return fallback;
+}
+
+template <class T> void require_shapes(named_arrays<T> arrays, const std::vector<py::ssize_t>& shape) {
+  for (const auto& [name, a] : arrays)
+    if (*a) require_shape(**a, name, shape);
+}
+
+template <class T> const T* in_ptr(const optional_array<T>& a) { return a ? a->data() : nullptr; }
+template <class T> T* out_ptr(const optional_array<T>& a) { return a ? carray<T>(*a).mutable_data() : nullptr; }
+
+template <class T>
+void elbo_evaluate(const optional_array<T>& x, const optional_array<T>& decoder_out,
+                   const optional_array<T>& decoder_logvar, const optional_array<T>& mu,
+                   const optional_array<T>& logvar, const std::string& likelihood,
+                   double fixed_logvar, double beta, double rec_scale, double kl_scale,
+                   const optional_array<T>& elbo,
+                   const optional_array<T>& rec, const optional_array<T>& kl,
+                   const optional_array<T>& grad_x, const optional_array<T>& grad_decoder_out,
+                   const optional_array<T>& grad_decoder_logvar, const optional_array<T>& grad_mu,
+                   const optional_array<T>& grad_logvar) {
+  using genfast::elbo::Likelihood;
+  require(likelihood == "bernoulli" || likelihood == "gaussian",
+          "likelihood must be 'bernoulli' or 'gaussian', got '" + likelihood + "'");
+  const named_arrays<T> data = {{"x", &x}, {"decoder_out", &decoder_out}, {"decoder_logvar", &decoder_logvar},
+                                {"grad_x", &grad_x}, {"grad_decoder_out", &grad_decoder_out},
+                                {"grad_decoder_logvar", &grad_decoder_logvar}};
+  const named_arrays<T> latent = {{"mu", &mu}, {"logvar", &logvar}, {"grad_mu", &grad_mu},
+                                  {"grad_logvar", &grad_logvar}};
+  const named_arrays<T> per_sample = {{"elbo", &elbo}, {"rec", &rec}, {"kl", &kl}};
+  // B, D and L from the first array given of each kind; every other one must agree.
+  const py::ssize_t B = first_extent(data, 0, first_extent(latent, 0, first_extent(per_sample, 0, 0)));
+  const py::ssize_t D = first_extent(data, 1, 0), L = first_extent(latent, 1, 0);
+  require_shapes(data, {B, D});
+  require_shapes(latent, {B, L});
+  require_shapes(per_sample, {B});
+  genfast::elbo::Problem<T> p;
+  p.x = in_ptr(x), p.decoder_out = in_ptr(decoder_out), p.decoder_logvar = in_ptr(decoder_logvar);
+  p.mu = in_ptr(mu), p.logvar = in_ptr(logvar);
+  p.fixed_logvar = fixed_logvar, p.beta = beta, p.rec_scale = rec_scale, p.kl_scale = kl_scale;
+  p.elbo = out_ptr(elbo), p.rec = out_ptr(rec), p.kl = out_ptr(kl);
+  p.grad_x = out_ptr(grad_x), p.grad_decoder_out = out_ptr(grad_decoder_out);
+  p.grad_decoder_logvar = out_ptr(grad_decoder_logvar);
+  p.grad_mu = out_ptr(grad_mu), p.grad_logvar = out_ptr(grad_logvar);
+  const genfast::elbo::Shape s{B, D, L};
+  const auto lik = likelihood == "bernoulli" ? Likelihood::bernoulli : Likelihood::gaussian;
+  py::gil_scoped_release release;
+  genfast::elbo::evaluate<T>(s, lik, p);
+}
+
+template <class T> void elbo_scale_rows(const carray<T>& grad, const carray<T>& weight, carray<T>& out) {
+  require(grad.ndim() == 2, "grad must be 2-d (B, n)");
+  require_shape(weight, "weight", {grad.shape(0)});
+  require_shape(out, "out", {grad.shape(0), grad.shape(1)});
+  const T *g = grad.data(), *w = weight.data();
+  T* o = out.mutable_data();
+  py::gil_scoped_release release;
+  genfast::elbo::scale_rows<T>(grad.shape(0), grad.shape(1), g, w, o);
+}
+
+template <class T> void bind_elbo(py::module_& m) {
+  const auto array = [](const char* name) { return py::arg(name).noconvert() = py::none(); };
+  m.def("elbo", &elbo_evaluate<T>, array("x"), array("decoder_out"), array("decoder_logvar"),
+        array("mu"), array("logvar"), py::arg("likelihood") = "bernoulli",
+        py::arg("fixed_logvar") = 0.0, py::arg("beta") = 1.0, py::arg("rec_scale") = 1.0,
+        py::arg("kl_scale") = 1.0, array("elbo"), array("rec"), array("kl"), array("grad_x"),
+        array("grad_decoder_out"), array("grad_decoder_logvar"), array("grad_mu"),
+        array("grad_logvar"),
+        "VAE ELBO in one pass: writes every output array given (per-sample elbo, rec, kl; the "
+        "gradients of sum_b rec_scale rec_b + kl_scale kl_b).");
+  m.def("elbo_scale_rows", &elbo_scale_rows<T>, py::arg("grad").noconvert(), py::arg("weight").noconvert(),
+        py::arg("out").noconvert(), "out[b] = weight[b] grad[b] for every row b of a 2-d array.");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
@@ -225,6 +309,8 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
   bind_kmeans<double>(m);
   bind_gmm<float>(m);
   bind_gmm<double>(m);
+  bind_elbo<float>(m);
+  bind_elbo<double>(m);
   m.def("openmp_max_threads", [] { return omp_get_max_threads(); },
         "Threads an OpenMP parallel region would use now.");
   m.def("build_info", [] {

@@ -4,6 +4,8 @@
 // ValueError (std::invalid_argument), CUDA failures RuntimeError (std::runtime_error).
 #include <pybind11/pybind11.h>
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -12,6 +14,7 @@
 
 #include "common.cuh"
 #include "gmm.cuh"
+#include "elbo.cuh"
 #include "kmeans.cuh"
 
 namespace py = pybind11;
@@ -153,6 +156,64 @@ void gmm_suff_stats(std::uintptr_t X, std::uintptr_t resp, bool resp_is_log,
   });
 }
 
+// ---- VAE ELBO ------------------------------------------------------------------------------
+/// Calls f(T{}) with T the storage type named by dtype: float32, float64, float16, bfloat16.
+template <class F> void dispatch_elbo_dtype(const std::string& dtype, F&& f) {
+  if (dtype == "float16")
+    f(__half{});
+  else if (dtype == "bfloat16")
+    f(__nv_bfloat16{});
+  else if (dtype == "float32" || dtype == "float64")
+    dispatch_dtype(dtype, f);
+  else
+    throw std::invalid_argument("dtype must be 'float32', 'float64', 'float16' or 'bfloat16', got '" + dtype + "'");
+}
+
+/// A pointer passed from Python as an integer, 0 for an array that is absent.
+template <class T> T* optional_ptr(std::uintptr_t address) { return reinterpret_cast<T*>(address); }
+
+void elbo(std::uintptr_t x, std::uintptr_t decoder_out, std::uintptr_t decoder_logvar, std::uintptr_t mu,
+          std::uintptr_t logvar, const std::string& likelihood, double fixed_logvar, double beta,
+          double rec_scale, double kl_scale, std::uintptr_t elbo, std::uintptr_t rec, std::uintptr_t kl,
+          std::uintptr_t grad_x, std::uintptr_t grad_decoder_out, std::uintptr_t grad_decoder_logvar,
+          std::uintptr_t grad_mu, std::uintptr_t grad_logvar, int64_t B, int64_t D, int64_t L,
+          const std::string& dtype, int device, std::uintptr_t stream) {
+  using genfast::elbo::Likelihood;
+  require(likelihood == "bernoulli" || likelihood == "gaussian",
+          "likelihood must be 'bernoulli' or 'gaussian', got '" + likelihood + "'");
+  require(B >= 0 && D >= 0 && L >= 0, "B, D and L must be non-negative");
+  dispatch_elbo_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    genfast::elbo::Problem<T> p;
+    p.x = optional_ptr<const T>(x), p.decoder_out = optional_ptr<const T>(decoder_out);
+    p.decoder_logvar = optional_ptr<const T>(decoder_logvar);
+    p.mu = optional_ptr<const T>(mu), p.logvar = optional_ptr<const T>(logvar);
+    p.fixed_logvar = fixed_logvar, p.beta = beta, p.rec_scale = rec_scale, p.kl_scale = kl_scale;
+    p.elbo = optional_ptr<T>(elbo), p.rec = optional_ptr<T>(rec), p.kl = optional_ptr<T>(kl);
+    p.grad_x = optional_ptr<T>(grad_x), p.grad_decoder_out = optional_ptr<T>(grad_decoder_out);
+    p.grad_decoder_logvar = optional_ptr<T>(grad_decoder_logvar);
+    p.grad_mu = optional_ptr<T>(grad_mu), p.grad_logvar = optional_ptr<T>(grad_logvar);
+    const auto lik = likelihood == "bernoulli" ? Likelihood::bernoulli : Likelihood::gaussian;
+    py::gil_scoped_release release;
+    use_device(device);
+    genfast::elbo::gpu::evaluate<T>({B, D, L}, lik, p, reinterpret_cast<cudaStream_t>(stream));
+  });
+}
+
+void elbo_scale_rows(std::uintptr_t rows, std::uintptr_t weight, std::uintptr_t out, int64_t B, int64_t n,
+                     const std::string& dtype, int device, std::uintptr_t stream) {
+  require(B >= 0 && n >= 0, "B and n must be non-negative");
+  dispatch_elbo_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* r = device_ptr<const T>(rows, "rows", B * n);
+    const T* w = device_ptr<const T>(weight, "weight", B);
+    T* o = device_ptr<T>(out, "out", B * n);
+    py::gil_scoped_release release;
+    use_device(device);
+    genfast::elbo::gpu::scale_rows<T>(B, n, r, w, o, reinterpret_cast<cudaStream_t>(stream));
+  });
+}
+
 /// (usable device count, message). Never throws: with no driver or no GPU the count is 0
 /// and the message is CUDA's reason. Devices older than the oldest architecture the build
 /// has code for (GENFAST_CUDA_MIN_ARCH) are listed but not counted.
@@ -235,6 +296,17 @@ PYBIND11_MODULE(_cuda, m, py::mod_gil_not_used()) {
         py::arg("workspace"), py::arg("workspace_bytes"), py::arg("N"), py::arg("K"), py::arg("D"),
         py::arg("dtype"), py::arg("device"), py::arg("stream"),
         "Gaussian-mixture M-step statistics (deterministic, centred); writes nk, sums, scatter.");
+  m.def("elbo", &elbo, py::arg("x"), py::arg("decoder_out"), py::arg("decoder_logvar"), py::arg("mu"),
+        py::arg("logvar"), py::arg("likelihood"), py::arg("fixed_logvar"), py::arg("beta"),
+        py::arg("rec_scale"), py::arg("kl_scale"), py::arg("elbo"), py::arg("rec"), py::arg("kl"),
+        py::arg("grad_x"), py::arg("grad_decoder_out"), py::arg("grad_decoder_logvar"), py::arg("grad_mu"),
+        py::arg("grad_logvar"), py::arg("B"), py::arg("D"), py::arg("L"), py::arg("dtype"),
+        py::arg("device"), py::arg("stream"),
+        "VAE ELBO in one pass (0 for an absent array): writes every output given (per-sample "
+        "elbo, rec, kl; the gradients of sum_b rec_scale rec_b + kl_scale kl_b).");
+  m.def("elbo_scale_rows", &elbo_scale_rows, py::arg("rows"), py::arg("weight"), py::arg("out"),
+        py::arg("B"), py::arg("n"), py::arg("dtype"), py::arg("device"), py::arg("stream"),
+        "out[b] = weight[b] rows[b] for every row b of a (B, n) array.");
   m.def("device_status", &device_status,
         "(usable CUDA devices, message); never raises, also without a driver or GPU.");
   m.def("build_info", &build_info, "CUDA version, architectures and nvcc flags of the build.");

@@ -10,7 +10,8 @@
 // interesting interval, random bit patterns and the over/underflow edges; reports the max
 // ulp error per function, type and form; checks the special values exactly.
 // Exit status 0 when every error is within the documented bound and every special value
-// is right.
+// is right. log1p_reciprocal_unit (defined on [0, 1] only) is checked over [0, 1] on its own:
+// both of its results, scalar and native-vector forms.
 //
 // Usage: test_vmath [--full] [--bench]
 //   --full   exhaustive over all 2^32 float bit patterns, 8x denser double sweeps (minutes)
@@ -343,6 +344,88 @@ template <class T> bool check_specials() {
   return ok;
 }
 
+// ---- log1p_reciprocal_unit --------------------------------------------------------------
+
+/// Max allowed error in ulp of log1p_reciprocal_unit's two results (documented in vmath.hpp).
+template <class T> constexpr double kLog1pUnitBound = sizeof(T) == 4 ? 2.0 : 1.0;
+template <class T> constexpr double kReciprocalUnitBound = sizeof(T) == 4 ? 2.0 : 3.0;
+
+template <class T> __attribute__((noinline)) vm::Log1pReciprocal<T> unit_scalar(T x) {
+  return vm::log1p_reciprocal_unit(x);
+}
+
+/// Both results of every form for the inputs in [0, 1] at x[0, n) (n a multiple of the lanes).
+template <class T>
+void unit_forms(const T* x, size_t n, T (*log1p)[2], T (*reciprocal)[2]) {
+  using V = simd::vec_t<T>;
+  constexpr size_t lanes = sizeof(V) / sizeof(T);
+  for (size_t i = 0; i < n; ++i) {
+    const auto r = unit_scalar(x[i]);
+    log1p[i][0] = r.log1p, reciprocal[i][0] = r.reciprocal;
+  }
+  for (size_t i = 0; i < n; i += lanes) {
+    const auto r = vm::log1p_reciprocal_unit(simd::load<V>(x + i));
+    for (size_t l = 0; l < lanes; ++l) log1p[i + l][1] = r.log1p[l], reciprocal[i + l][1] = r.reciprocal[l];
+  }
+}
+
+/// Every float in [0, 1] (--full; else a strided sweep with jitter) or a double sweep, a
+/// dense uniform sweep, and 2^12 neighbours of 0, 1 and sqrt2 - 1 (where the exponent of
+/// 1 + x changes) on each side.
+template <class T> bool check_log1p_reciprocal_unit(bool full) {
+  using UL = typename vm::lane_traits<T>::uint_lane;
+  constexpr bool is_float = sizeof(T) == 4;
+  const UL one_bits = to_bits(T(1));
+  std::mt19937_64 rng(0x5eed ^ sizeof(T));
+  std::vector<T> inputs;
+  const uint64_t patterns = is_float ? (full ? uint64_t(one_bits) + 1 : uint64_t(1) << 24) : uint64_t(1) << 23;
+  const uint64_t stride = (uint64_t(one_bits) + 1) / patterns;
+  for (uint64_t i = 0; i < patterns; ++i)
+    inputs.push_back(from_bits<T>(UL(std::min<uint64_t>(i * stride + (stride > 1 ? rng() % stride : 0), one_bits))));
+  const uint64_t dense = uint64_t(1) << 22;
+  for (uint64_t i = 0; i <= dense; ++i) inputs.push_back(T(LD(i) / LD(dense)));
+  for (const T c : {T(0), T(1), T(std::sqrt(2.0L) - 1)}) {
+    T below = c, above = c;
+    for (int s = 0; s < (1 << 12); ++s) {
+      below = std::nextafter(below, T(-1));
+      above = std::nextafter(above, T(2));
+      if (below >= 0) inputs.push_back(below);
+      if (above <= 1) inputs.push_back(above);
+    }
+    inputs.push_back(c);
+  }
+  while (inputs.size() % kChunk) inputs.push_back(T(0.5));
+
+  double worst[2][2] = {};  // [log1p | reciprocal][form]
+  T at[2][2] = {};
+  uint64_t bad = 0;
+  std::vector<T> log1p(2 * kChunk), reciprocal(2 * kChunk);
+  for (size_t base = 0; base < inputs.size(); base += kChunk) {
+    const T* x = inputs.data() + base;
+    unit_forms(x, kChunk, reinterpret_cast<T(*)[2]>(log1p.data()), reinterpret_cast<T(*)[2]>(reciprocal.data()));
+    for (size_t i = 0; i < kChunk; ++i) {
+      const long double refs[2] = {reference(Fn::log1p, x[i]), 1.0L / (1.0L + LD(x[i]))};
+      for (int form = 0; form < 2; ++form) {
+        const T got[2] = {log1p[2 * i + form], reciprocal[2 * i + form]};
+        for (int r = 0; r < 2; ++r) {
+          const double e = ulp_error(got[r], refs[r]);
+          if (!(e <= worst[r][form])) worst[r][form] = e, at[r][form] = x[i];
+          bad += !(e <= (r == 0 ? kLog1pUnitBound<T> : kReciprocalUnitBound<T>));
+        }
+      }
+    }
+  }
+  const char* forms[2] = {"scalar", "vec"};
+  for (int r = 0; r < 2; ++r)
+    for (int form = 0; form < 2; ++form)
+      std::printf("log1p_reciprocal_unit %-10s %-6s %-6s max %.3f ulp at x = %-+14.8Lg (%zu inputs in [0, 1])\n",
+                  r == 0 ? "log1p" : "reciprocal", type_name<T>(), forms[form], worst[r][form],
+                  LD(at[r][form]), inputs.size());
+  std::printf("log1p_reciprocal_unit %-6s: %" PRIu64 " results over the bound  %s\n", type_name<T>(), bad,
+              bad == 0 ? "ok" : "FAIL");
+  return bad == 0;
+}
+
 // ---- throughput -------------------------------------------------------------------------
 
 template <class F> double best_ns_per_elem(F f, size_t n, int reps) {
@@ -414,6 +497,8 @@ int main(int argc, char** argv) {
     ok = check_accuracy<float>(fn, full) && ok;
     ok = check_accuracy<double>(fn, full) && ok;
   }
+  ok = check_log1p_reciprocal_unit<float>(full) && ok;
+  ok = check_log1p_reciprocal_unit<double>(full) && ok;
   if (do_bench) {
     bench<float>();
     bench<double>();

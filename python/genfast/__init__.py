@@ -4,6 +4,8 @@
 - ``genfast.GaussianMixture``: scikit-learn compatible Gaussian mixture fit by EM.
 - ``genfast.Gaussian``: the maximum-likelihood multivariate Gaussian.
 - ``genfast.ops``: functional kernels on numpy arrays and torch tensors.
+- ``genfast.torch``: the fused VAE ELBO as differentiable torch custom ops (imports torch).
+- ``genfast.VAE``: a variational autoencoder (torch nn.Module) trained on those ops.
 - ``genfast.reference``: the pure-numpy float64 oracle the kernels are tested against.
 - ``genfast.show_config()``: what was built and what this process can use.
 """
@@ -16,3 +18,18 @@ from ._mixture import Gaussian, GaussianMixture
 __version__ = config()["version"]
 
 __all__ = ["KMeans", "GaussianMixture", "Gaussian", "ops", "reference", "show_config", "config", "__version__"]
+
+
+def __getattr__(name):
+    """genfast.torch and genfast.VAE need torch, so they are imported on first use: `import
+    genfast` never imports torch (and they stay out of __all__, so `from genfast import *`
+    does not either)."""
+    if name == "torch":
+        import importlib
+
+        return importlib.import_module(".torch", __name__)
+    if name == "VAE":
+        from ._vae import VAE
+
+        return VAE
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

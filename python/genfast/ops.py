@@ -8,11 +8,14 @@ detached.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _backend as be
 
-__all__ = ["kmeans_assign", "kmeans_update", "kmeans_lloyd_step", "gmm_log_resp", "gmm_suff_stats", "gmm_em_step"]
+__all__ = ["kmeans_assign", "kmeans_update", "kmeans_lloyd_step", "gmm_log_resp", "gmm_suff_stats",
+           "gmm_em_step", "elbo"]
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -390,3 +393,147 @@ def gmm_suff_stats(X, resp, covariance_type, *, log: bool = False, check_finite:
         be._core.gmm_suff_stats(be.host_view(X2), be.host_view(resp), bool(log), cov,
                                 be.host_view(nk), be.host_view(sums), be.host_view(scatter))
     return nk, sums, scatter
+
+
+# ----------------------------------------------------------------------------- VAE ELBO
+LIKELIHOODS = ("bernoulli", "gaussian")
+#: The ELBO kernel's inputs, in the order of its gradient outputs.
+ELBO_INPUTS = ("x", "decoder_out", "decoder_logvar", "mu", "logvar")
+
+
+def elbo_shapes(x, decoder_out, decoder_logvar, mu, logvar):
+    """(B, D, L) of an ELBO call whose data arrays are 2-d: x, decoder_out and decoder_logvar
+    (B, D), mu and logvar (B, L); any may be None, and D or L is 0 when all of its arrays are.
+    Raises ValueError naming the first argument that does not fit."""
+    data = [(n, a) for n, a in (("x", x), ("decoder_out", decoder_out), ("decoder_logvar", decoder_logvar))
+            if a is not None]
+    latent = [(n, a) for n, a in (("mu", mu), ("logvar", logvar)) if a is not None]
+    for group, width in ((data, "D"), (latent, "L")):
+        for name, a in group:
+            if a.ndim != 2:
+                raise ValueError(f"{name} must be 2-d (B, {width}), got shape {tuple(a.shape)}")
+    ref_name, ref = (data + latent)[0]
+    for group in (data, latent):
+        for name, a in group:
+            if tuple(a.shape) != tuple(group[0][1].shape):
+                raise ValueError(f"{name} has shape {tuple(a.shape)} but {group[0][0]} has "
+                                 f"{tuple(group[0][1].shape)}; they must match")
+            if a.shape[0] != ref.shape[0]:
+                raise ValueError(f"{name} holds {a.shape[0]} samples but {ref_name} holds "
+                                 f"{ref.shape[0]}; they must match")
+    return ref.shape[0], (data[0][1].shape[1] if data else 0), (latent[0][1].shape[1] if latent else 0)
+
+
+def gaussian_fixed_logvar(likelihood, decoder_logvar, variance) -> float:
+    """The fixed log-variance the kernel uses when there is no per-element decoder_logvar:
+    log(variance) (default variance 1) for a Gaussian, 0 (unused) for a Bernoulli. Raises
+    ValueError for an unknown likelihood or a variance that does not fit it."""
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+    if likelihood == "bernoulli":
+        if decoder_logvar is not None or variance is not None:
+            raise ValueError("the Bernoulli likelihood takes no decoder_logvar or variance")
+        return 0.0
+    if decoder_logvar is not None and variance is not None:
+        raise ValueError("give the Gaussian either a per-element decoder_logvar or a fixed variance, not both")
+    if variance is None:
+        return 0.0
+    if isinstance(variance, bool) or not isinstance(variance, (int, float, np.floating, np.integer)):
+        raise TypeError(f"variance must be a positive number, got {type(variance).__name__}")
+    if not (math.isfinite(variance) and variance > 0):
+        raise ValueError(f"variance must be positive and finite, got {variance}")
+    return math.log(variance)
+
+
+def check_beta(beta) -> float:
+    """beta as a float, after checking it is a finite number >= 0."""
+    if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating, np.integer)):
+        raise TypeError(f"beta must be a number, got {type(beta).__name__}")
+    if not (math.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta must be finite and >= 0, got {beta}")
+    return float(beta)
+
+
+def _elbo_kernel(arrays: dict, outputs: dict, *, likelihood: str, fixed_logvar: float, beta: float,
+                 rec_scale: float = 1.0, kl_scale: float = 1.0) -> None:
+    """Runs the fused ELBO kernel: `arrays` maps ELBO_INPUTS to C-contiguous arrays (None when
+    absent), `outputs` maps elbo / rec / kl / grad_<input> to preallocated outputs, all of one
+    dtype on one device (numpy or CPU tensors: _core; CUDA tensors: _cuda on the current
+    stream). The gradients are those of sum_b (rec_scale rec_b + kl_scale kl_b)."""
+    first = next(a for a in arrays.values() if a is not None)
+    if be.placement_of("x", first).cuda:
+        cuda = be.require_cuda()
+        device, stream = be.cuda_launch_args(first)
+        B, D, L = elbo_shapes(**arrays)
+        ptr = lambda a: 0 if a is None else a.data_ptr()  # noqa: E731
+        cuda.elbo(*(ptr(arrays[n]) for n in ELBO_INPUTS), likelihood, fixed_logvar, beta, rec_scale,
+                  kl_scale, *(ptr(outputs.get(n)) for n in ("elbo", "rec", "kl")),
+                  *(ptr(outputs.get("grad_" + n)) for n in ELBO_INPUTS), B, D, L,
+                  be.dtype_name(first), device, stream)
+    else:
+        host = lambda a: None if a is None else be.host_view(a)  # noqa: E731
+        be._core.elbo(**{n: host(a) for n, a in arrays.items()}, likelihood=likelihood,
+                      fixed_logvar=fixed_logvar, beta=beta, rec_scale=rec_scale, kl_scale=kl_scale,
+                      **{n: host(a) for n, a in outputs.items()})
+
+
+def _scale_rows_kernel(rows, weight, out) -> None:
+    """out[b] = weight[b] rows[b] for C-contiguous 2-d rows/out and 1-d weight of one dtype."""
+    if be.placement_of("rows", rows).cuda:
+        cuda = be.require_cuda()
+        device, stream = be.cuda_launch_args(rows)
+        cuda.elbo_scale_rows(rows.data_ptr(), weight.data_ptr(), out.data_ptr(), rows.shape[0],
+                             rows.shape[1], be.dtype_name(rows), device, stream)
+    else:
+        be._core.elbo_scale_rows(be.host_view(rows), be.host_view(weight), be.host_view(out))
+
+
+def elbo(x, decoder_out, mu=None, logvar=None, *, likelihood: str = "bernoulli", decoder_logvar=None,
+         variance=None, beta: float = 1.0, gradients: bool = False, check_finite: bool = True):
+    """Per-sample VAE evidence lower bound in one fused pass (not differentiable; for autograd
+    use genfast.torch.elbo).
+
+    ELBO_b = rec_b - beta kl_b, with rec_b = sum_d log p(x_bd | decoder_out_bd) and
+    kl_b = KL(N(mu_b, exp(logvar_b)) || N(0, I)) = 1/2 sum_l (mu^2 + exp(logvar) - logvar - 1).
+
+    Parameters
+    ----------
+    x : (B, D) array or tensor (float32 stays float32; integers become float64)
+    decoder_out : (B, D) Bernoulli logits, or Gaussian means
+    mu, logvar : (B, L) posterior means and log-variances, or None for no KL term
+    likelihood : 'bernoulli' (stable softplus form, finite for any logit) or 'gaussian'
+    decoder_logvar : (B, D) per-element Gaussian log-variances, or
+    variance : one fixed Gaussian variance (default 1 when neither is given)
+    beta : weight of the KL term (>= 0)
+    gradients : also return the gradients of sum_b ELBO_b
+
+    Returns
+    -------
+    elbo, rec, kl : (B,) each, in x's dtype (sums accumulated in float64)
+    gradients : only with ``gradients=True``: a dict with the gradient of sum_b ELBO_b for
+        'decoder_out', 'mu', 'logvar' and (when given) 'decoder_logvar', shaped as the inputs.
+    """
+    fixed_logvar = gaussian_fixed_logvar(likelihood, decoder_logvar, variance)
+    beta = check_beta(beta)
+    place = be.placement_of("x", x)
+    x = be.as_float("x", x, check_finite=check_finite)
+    dtype = be.dtype_name(x)
+    arrays = {"x": x}
+    for name, a in (("decoder_out", decoder_out), ("decoder_logvar", decoder_logvar), ("mu", mu), ("logvar", logvar)):
+        if a is not None:
+            be.same_placement("x", place, name, a)
+            arrays[name] = be.as_float(name, a, dtype=dtype, check_finite=check_finite)
+        else:
+            arrays[name] = None
+    if arrays["decoder_out"] is None:
+        raise ValueError("decoder_out is required")
+    if (arrays["mu"] is None) != (arrays["logvar"] is None):
+        raise ValueError("give both mu and logvar, or neither (no KL term)")
+    B, _, _ = elbo_shapes(**arrays)
+    outputs = {name: be.empty(place, (B,), dtype) for name in ("elbo", "rec", "kl")}
+    grads = {name: be.empty(place, tuple(arrays[name].shape), dtype)
+             for name in ELBO_INPUTS[1:] if gradients and arrays[name] is not None}
+    _elbo_kernel(arrays, {**outputs, **{"grad_" + n: g for n, g in grads.items()}}, likelihood=likelihood,
+                 fixed_logvar=fixed_logvar, beta=beta, rec_scale=1.0, kl_scale=-beta)
+    values = (outputs["elbo"], outputs["rec"], outputs["kl"])
+    return (*values, grads) if gradients else values

@@ -13,6 +13,7 @@ __all__ = [
     "kmeans_assign", "kmeans_update", "lloyd_iteration", "inertia", "kmeans_plusplus",
     "COVARIANCE_TYPES", "gmm_log_resp", "gmm_suff_stats", "gmm_em_step", "gaussian_mle",
     "precisions_cholesky_from_covariances",
+    "kl_normal_std", "bernoulli_log_likelihood", "gaussian_log_likelihood", "elbo", "elbo_gradients",
 ]
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -211,3 +212,79 @@ def gaussian_mle(X, covariance_type="full"):
     if covariance_type == "spherical":
         return mean, float(np.diag(cov).mean())
     raise ValueError(f"unknown covariance_type {covariance_type!r}")
+
+
+# --------------------------------------------------------------------------- VAE ELBO
+# Per sample b: ELBO_b = rec_b - beta kl_b with rec_b = sum_d log p(x_bd | decoder_out_bd) and
+# kl_b = KL(N(mu_b, diag(exp(logvar_b))) || N(0, I)). Each term returns its per-sample value
+# and its per-element derivatives.
+
+
+def kl_normal_std(mu, logvar):
+    """(kl (B,), d kl/d mu, d kl/d logvar) for 1/2 sum_l (mu^2 + exp(logvar) - logvar - 1).
+
+    exp(logvar) - 1 - logvar is formed as expm1(logvar) - logvar, which keeps its accuracy
+    for a posterior close to the prior (logvar near 0).
+    """
+    mu = np.asarray(mu, dtype=np.float64)
+    logvar = np.asarray(logvar, dtype=np.float64)
+    kl = 0.5 * (mu**2 + np.expm1(logvar) - logvar).sum(axis=1)
+    return kl, mu.copy(), 0.5 * np.expm1(logvar)
+
+
+def bernoulli_log_likelihood(x, logits):
+    """(rec (B,), d rec/d logits, d rec/d x) for rec = sum_d x log p + (1 - x) log(1 - p) with
+    p = sigmoid(l) (= sum_d x l - log(1 + exp(l))), and d rec/d l = x (1 - p) - (1 - x) p
+    (= x - p). log sigmoid(l) = -log(1 + exp(-l)) and 1 - p = sigmoid(-l) are taken as such,
+    accurate for every l."""
+    x = np.asarray(x, dtype=np.float64)
+    logits = np.asarray(logits, dtype=np.float64)
+    log_p, log_1mp = -np.logaddexp(0.0, -logits), -np.logaddexp(0.0, logits)
+    rec = (x * log_p + (1.0 - x) * log_1mp).sum(axis=1)
+    return rec, x * np.exp(log_1mp) - (1.0 - x) * np.exp(log_p), logits.copy()
+
+
+def gaussian_log_likelihood(x, mean, logvar):
+    """(rec (B,), d rec/d mean, d rec/d logvar, d rec/d x) for sum_d log N(x | mean, exp(logvar))
+    = -1/2 sum_d (log 2 pi + logvar + (x - mean)^2 exp(-logvar)); logvar may be a scalar."""
+    x = np.asarray(x, dtype=np.float64)
+    mean = np.asarray(mean, dtype=np.float64)
+    logvar = np.broadcast_to(np.asarray(logvar, dtype=np.float64), x.shape)
+    sq = (x - mean) ** 2 * np.exp(-logvar)
+    rec = -0.5 * (np.log(2 * np.pi) + logvar + sq).sum(axis=1)
+    d_mean = (x - mean) * np.exp(-logvar)
+    return rec, d_mean, 0.5 * (sq - 1.0), -d_mean
+
+
+def _reconstruction(x, decoder_out, likelihood, decoder_logvar, variance):
+    """(rec, {input name: d rec/d input}) of either likelihood."""
+    if likelihood == "bernoulli":
+        rec, d_out, d_x = bernoulli_log_likelihood(x, decoder_out)
+        return rec, {"x": d_x, "decoder_out": d_out}
+    per_element = decoder_logvar is not None
+    logvar = decoder_logvar if per_element else np.log(1.0 if variance is None else variance)
+    rec, d_out, d_logvar, d_x = gaussian_log_likelihood(x, decoder_out, logvar)
+    grads = {"x": d_x, "decoder_out": d_out}
+    if per_element:
+        grads["decoder_logvar"] = d_logvar
+    return rec, grads
+
+
+def elbo(x, decoder_out, mu=None, logvar=None, likelihood="bernoulli", decoder_logvar=None,
+         variance=None, beta=1.0):
+    """(elbo, rec, kl), each (B,): ELBO_b = rec_b - beta kl_b (kl = 0 without mu, logvar).
+    The Gaussian takes a per-element decoder_logvar or one fixed variance (default 1)."""
+    rec, _ = _reconstruction(x, decoder_out, likelihood, decoder_logvar, variance)
+    kl = np.zeros_like(rec) if mu is None else kl_normal_std(mu, logvar)[0]
+    return rec - beta * kl, rec, kl
+
+
+def elbo_gradients(x, decoder_out, mu=None, logvar=None, likelihood="bernoulli", decoder_logvar=None,
+                   variance=None, beta=1.0):
+    """{input name: gradient of sum_b ELBO_b} for x, decoder_out, decoder_logvar (when given), mu
+    and logvar (when given)."""
+    _, grads = _reconstruction(x, decoder_out, likelihood, decoder_logvar, variance)
+    if mu is not None:
+        _, d_mu, d_logvar = kl_normal_std(mu, logvar)
+        grads["mu"], grads["logvar"] = -beta * d_mu, -beta * d_logvar
+    return grads
