@@ -4,7 +4,8 @@ Every ``benchmarks/bench_*.py`` script uses this module for the parts that must 
 across benchmarks, so their JSON files can be compared and joined:
 
 - :func:`machine_info` - CPU model, physical cores / logical CPUs, memory, load, GPU.
-- :func:`package_versions` - genfast, numpy, scikit-learn, faiss, torch, threadpoolctl
+- :func:`package_versions` - genfast, numpy, scikit-learn, faiss, torch, threadpoolctl, dask,
+  distributed, dask-ml
   (``None`` when a package is absent), read from the installed metadata (no imports).
 - :func:`genfast_config` - ``genfast.config()``, or ``None`` with the import error.
 - :func:`time_call` - a robust timer: warm-up call(s), repeats, median/min/max/mean and every
@@ -52,6 +53,9 @@ PACKAGES = {
     "faiss": ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "faiss-gpu-cu11", "faiss"),
     "torch": ("torch",),
     "threadpoolctl": ("threadpoolctl",),
+    "dask": ("dask",),
+    "distributed": ("distributed",),
+    "dask-ml": ("dask-ml",),
 }
 
 

@@ -112,28 +112,34 @@ def _concatenate_parts(parts):
 
 
 # ============================================================================ k-means chunk kernels
-def _lloyd_chunk(X, sample_weight, mean, centers):
-    """(per-cluster sums of w x (K, D), weights (K,), inertia) of one chunk against the centres
-    (in coordinates centred on `mean`), float64."""
-    _, sq_dist, sums, weights = ops.kmeans_lloyd_step(X - mean, centers, sample_weight, return_means=False,
-                                                      check_finite=False)
+# The k-means passes work in coordinates shifted by `offset` (KMeans.fit: X's mean, or zeros).
+def _shifted(X, offset):
+    """X - offset; X itself (no copy) for a zero offset."""
+    return X - offset if offset.any() else X
+
+
+def _lloyd_chunk(X, sample_weight, offset, centers):
+    """(per-cluster sums of w x (K, D), weights (K,), inertia) of one chunk against the
+    centres, float64."""
+    _, sq_dist, sums, weights = ops.kmeans_lloyd_step(_shifted(X, offset), centers, sample_weight,
+                                                      return_means=False, check_finite=False)
     return sums.astype(np.float64), weights.astype(np.float64), _HostArrays().weighted_sum(sq_dist, sample_weight)
 
 
-def _farthest_chunk(X, sample_weight, mean, centers, n_points):
+def _farthest_chunk(X, sample_weight, offset, centers, n_points):
     """The n_points of a chunk farthest from their nearest centre (largest first, lower index on
-    ties, then put back in index order): (squared distances, centred points, labels, weights)."""
-    X = X - mean
+    ties, then put back in index order): (squared distances, shifted points, labels, weights)."""
+    X = _shifted(X, offset)
     labels, sq_dist = ops.kmeans_assign(X, centers, check_finite=False)
     rows = np.sort(_HostArrays().farthest(sq_dist, n_points))
     weights = np.ones(len(rows), X.dtype) if sample_weight is None else sample_weight[rows]
     return sq_dist[rows], X[rows], labels[rows], weights
 
 
-def _nearest_sq_dist(X, mean, centers, sq_dist_before):
+def _nearest_sq_dist(X, offset, centers, sq_dist_before):
     """d^2(x, C) for the candidates so far: the smaller of the distance to the earlier
     candidates (None in the first round) and to the new `centers`."""
-    _, sq_dist = ops.kmeans_assign(X - mean, centers, check_finite=False)
+    _, sq_dist = ops.kmeans_assign(_shifted(X, offset), centers, check_finite=False)
     return sq_dist if sq_dist_before is None else np.minimum(sq_dist_before, sq_dist)
 
 
@@ -142,18 +148,18 @@ def _potential_chunk(sq_dist, sample_weight):
     return (_HostArrays().weighted_sum(sq_dist, sample_weight),)
 
 
-def _oversample_chunk(X, sample_weight, sq_dist, mean, scale, seed, chunk_index):
-    """The centred points of a chunk kept, each independently, with probability
+def _oversample_chunk(X, sample_weight, sq_dist, offset, scale, seed, chunk_index):
+    """The shifted points of a chunk kept, each independently, with probability
     min(1, scale w d^2(x, C)); the draws depend only on (seed, chunk_index)."""
     keep_probability = scale * sq_dist.astype(np.float64)
     if sample_weight is not None:
         keep_probability *= sample_weight
     keep = np.random.default_rng((seed, chunk_index)).random(len(keep_probability)) < keep_probability
-    return X[keep] - mean
+    return X[keep] - offset
 
 
-def _centred_rows(X, mean, rows):
-    return X[rows] - mean
+def _shifted_rows(X, offset, rows):
+    return X[rows] - offset
 
 
 def _nearest_label(X, centers):
@@ -166,7 +172,8 @@ class KMeans(ClusterMixin, BaseEstimator):
 
     Each iteration is one pass: ``ops.kmeans_lloyd_step`` on every chunk gives per-cluster
     sums, weights and inertia, tree-reduced to the client, which moves the centres exactly as
-    genfast.KMeans does (same centring of X, tolerance scaled by the mean feature variance,
+    genfast.KMeans does (centring of X when its mean is farther from the origin than its
+    spread, tolerance scaled by the mean feature variance,
     relocation of empty clusters to the farthest points, final inertia of the returned
     centres). From the same initial centres (``init=array``) the fitted centres, inertia and
     iteration count equal genfast.KMeans' to rounding. Labels are compared only through the
@@ -234,15 +241,17 @@ class KMeans(ClusterMixin, BaseEstimator):
         self._check_params(n_samples)
         random_state = check_random_state(self.random_state)
         weights = None if sample_weight is None else self._sample_weight(sample_weight, X)
-        mean, variance, finite = dask.compute(X.mean(axis=0), X.var(axis=0, dtype=np.float64).mean(),
-                                              da.isfinite(X).all())
+        mean, variance, finite = dask.compute(X.mean(axis=0, dtype=np.float64),
+                                              X.var(axis=0, dtype=np.float64).mean(), da.isfinite(X).all())
         if not finite:
             raise ValueError("X contains NaN or infinity")
-        # Centre the data, as genfast.KMeans: distances of centred points lose less to rounding.
-        mean = mean.astype(X.dtype)
+        # Centre the data, as genfast.KMeans does, where it pays: when the data sit farther from
+        # the origin than their spread (|mean|^2 > total variance), distances of centred points
+        # lose less to rounding; otherwise centring every chunk on every pass is a copy for nothing.
+        offset = mean.astype(X.dtype) if mean @ mean > variance * n_features else np.zeros(n_features, X.dtype)
         x_blocks, w_blocks = _blocks(X), _blocks(weights, X.numblocks[0])
         if isinstance(self.init, str):
-            centers = self._kmeans_parallel(x_blocks, w_blocks, X.chunks[0], mean, random_state)
+            centers = self._kmeans_parallel(x_blocks, w_blocks, X.chunks[0], offset, random_state)
         else:
             centers = np.array(self.init, dtype=X.dtype, copy=True)
             if centers.shape != (self.n_clusters, n_features):
@@ -250,10 +259,10 @@ class KMeans(ClusterMixin, BaseEstimator):
                                  f"(n_clusters, n_features), got {centers.shape}")
             if not np.isfinite(centers).all():
                 raise ValueError("init contains NaN or infinity")
-            centers -= mean
+            centers -= offset
         tol = self.tol * float(variance)
-        centers, self.inertia_, self.n_iter_ = self._lloyd(x_blocks, w_blocks, mean, centers.astype(X.dtype), tol)
-        self.cluster_centers_ = (centers + mean).astype(X.dtype)
+        centers, self.inertia_, self.n_iter_ = self._lloyd(x_blocks, w_blocks, offset, centers.astype(X.dtype), tol)
+        self.cluster_centers_ = (centers + offset).astype(X.dtype)
         self.labels_ = self.predict(X)
         return self
 
@@ -271,37 +280,37 @@ class KMeans(ClusterMixin, BaseEstimator):
             raise ValueError("sample_weight must have a positive sum")
         return weights
 
-    def _lloyd(self, x_blocks, w_blocks, mean, centers, tol):
-        """Lloyd iterations from `centers` (centred): (centres, their inertia, iterations)."""
+    def _lloyd(self, x_blocks, w_blocks, offset, centers, tol):
+        """Lloyd iterations from `centers` (shifted by offset): (centres, their inertia, iterations)."""
         for n_iter in range(1, self.max_iter + 1):
-            sums, weights, inertia = _map_reduce(_lloyd_chunk, _sum_parts, [x_blocks, w_blocks], mean, centers)
+            sums, weights, inertia = _map_reduce(_lloyd_chunk, _sum_parts, [x_blocks, w_blocks], offset, centers)
             if not weights.all():
-                self._relocate_empty_clusters(x_blocks, w_blocks, mean, centers, sums, weights)
+                self._relocate_empty_clusters(x_blocks, w_blocks, offset, centers, sums, weights)
             centers, shift = _moved_centers(centers, sums, weights)
             if shift <= tol:
                 break
         if shift > 0:
             # The centres moved after the last assignment: one more pass for their inertia.
-            _, _, inertia = _map_reduce(_lloyd_chunk, _sum_parts, [x_blocks, w_blocks], mean, centers)
+            _, _, inertia = _map_reduce(_lloyd_chunk, _sum_parts, [x_blocks, w_blocks], offset, centers)
         return centers, inertia, n_iter
 
     @staticmethod
-    def _relocate_empty_clusters(x_blocks, w_blocks, mean, centers, sums, weights):
+    def _relocate_empty_clusters(x_blocks, w_blocks, offset, centers, sums, weights):
         """genfast.KMeans' relocation (empty clusters onto the farthest points), on the union of
         each chunk's farthest points: it holds the farthest points of all X, in index order."""
         n_empty = int(np.count_nonzero(weights == 0))
         sq_dist, points, labels, point_weights = _map_reduce(
-            _farthest_chunk, _concatenate_parts, [x_blocks, w_blocks], mean, centers, n_empty)
+            _farthest_chunk, _concatenate_parts, [x_blocks, w_blocks], offset, centers, n_empty)
         _SingleKMeans._relocate_empty_clusters(_HostArrays(), points, point_weights, labels, sq_dist, sums, weights)
 
-    def _kmeans_parallel(self, x_blocks, w_blocks, chunk_lengths, mean, random_state):
-        """k-means|| initial centres (centred coordinates); see the class docstring."""
+    def _kmeans_parallel(self, x_blocks, w_blocks, chunk_lengths, offset, random_state):
+        """k-means|| initial centres (shifted by offset); see the class docstring."""
         n_clusters = self.n_clusters
-        new = candidates = self._draw_first_candidate(x_blocks, w_blocks, chunk_lengths, mean, random_state)
+        new = candidates = self._draw_first_candidate(x_blocks, w_blocks, chunk_lengths, offset, random_state)
         sq_dist = [None] * len(x_blocks)
         for _ in range(self.init_rounds):
             # d^2(x, C) = min(d^2 to the earlier candidates, d^2 to the new ones), kept on the workers
-            sq_dist = dask.persist(*[delayed(_nearest_sq_dist, pure=True)(x, mean, new, before)
+            sq_dist = dask.persist(*[delayed(_nearest_sq_dist, pure=True)(x, offset, new, before)
                                      for x, before in zip(x_blocks, sq_dist)])
             (potential,) = _map_reduce(_potential_chunk, _sum_parts, [sq_dist, w_blocks])
             if potential == 0:
@@ -309,13 +318,13 @@ class KMeans(ClusterMixin, BaseEstimator):
             seed = int(random_state.randint(np.iinfo(np.int32).max))
             # each point joins C with probability min(1, ell w d^2(x, C) / phi), ell = oversampling * K
             picked = dask.compute(*[
-                delayed(_oversample_chunk, pure=True)(x, w, d, mean, self.oversampling_factor * n_clusters / potential,
+                delayed(_oversample_chunk, pure=True)(x, w, d, offset, self.oversampling_factor * n_clusters / potential,
                                                       seed, i)
                 for i, (x, w, d) in enumerate(zip(x_blocks, w_blocks, sq_dist))])
             new = np.concatenate(picked)
             candidates = np.concatenate([candidates, new])
         # Each candidate weighs the sample weight of the points nearest to it.
-        _, candidate_weights, _ = _map_reduce(_lloyd_chunk, _sum_parts, [x_blocks, w_blocks], mean, candidates)
+        _, candidate_weights, _ = _map_reduce(_lloyd_chunk, _sum_parts, [x_blocks, w_blocks], offset, candidates)
         if np.count_nonzero(candidate_weights) < n_clusters:
             raise ValueError(
                 f"k-means|| found {np.count_nonzero(candidate_weights)} distinct candidate centres for "
@@ -325,8 +334,8 @@ class KMeans(ClusterMixin, BaseEstimator):
         return reclustered.fit(candidates, sample_weight=candidate_weights).cluster_centers_
 
     @staticmethod
-    def _draw_first_candidate(x_blocks, w_blocks, chunk_lengths, mean, random_state):
-        """One centred point (1, D) drawn with probability proportional to its sample weight:
+    def _draw_first_candidate(x_blocks, w_blocks, chunk_lengths, offset, random_state):
+        """One shifted point (1, D) drawn with probability proportional to its sample weight:
         a chunk by its total weight, then a row of it by its weight."""
         unweighted = w_blocks[0] is None
         chunk_totals = np.asarray(chunk_lengths, dtype=np.float64) if unweighted else np.array(
@@ -335,7 +344,7 @@ class KMeans(ClusterMixin, BaseEstimator):
         row_weights = (np.ones(chunk_lengths[chunk]) if unweighted
                        else w_blocks[chunk].compute().astype(np.float64))
         row = random_state.choice(len(row_weights), p=row_weights / row_weights.sum())
-        return delayed(_centred_rows)(x_blocks[chunk], mean, [row]).compute()
+        return delayed(_shifted_rows)(x_blocks[chunk], offset, [row]).compute()
 
     def predict(self, X):
         """Index of the nearest fitted centre of each sample: a lazy dask array (n_samples,) int64."""
