@@ -12,7 +12,7 @@ across benchmarks, so their JSON files can be compared and joined:
   sample, the GC paused during timed calls, an optional device synchronisation around them.
 - :func:`format_table` / :func:`print_table` - fixed-width text tables.
 - :func:`write_results` - JSON to ``<out>/<name>-<device>-<UTC timestamp>.json`` plus a copy
-  at ``<out>/<name>-<device>-latest.json``.
+  at ``<out>/<name>-<device>-latest.json``; :func:`finish` writes it and gives the exit status.
 
 Only the standard library is needed at import time; numpy, torch, threadpoolctl are imported
 lazily and their absence is reported, never raised.
@@ -475,6 +475,18 @@ def write_results(name: str, device: str, record: dict, out_dir: str | os.PathLi
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, latest)
     return path, latest
+
+
+def finish(name: str, device: str, record: dict, n_errors: int, *, out_dir, no_json: bool) -> int:
+    """Write the JSON (unless no_json) and say where; the exit status: 1 when a peer raised
+    (its traceback is in the JSON), else 0."""
+    if not no_json:
+        path, latest = write_results(name, device, record, out_dir)
+        print(f"\nwrote {path}\n  and {latest}")
+    if n_errors:
+        print(f"{n_errors} peer run(s) failed; see 'traceback' in the JSON", file=sys.stderr)
+        return 1
+    return 0
 
 
 def describe_machine(record: dict) -> str:
