@@ -68,21 +68,27 @@ def assert_close(actual, expected, rtol, what, seed):
 
 
 # ============================================================================ KMeans
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
 # Far from the origin the chunks are centred (as genfast.KMeans centres X); near it they are not.
 @pytest.mark.parametrize("offset, weighted", [(50.0, False), (0.0, True)])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_kmeans_equals_single_machine(client, rng, seed, dtype, offset, weighted):
-    X = blobs(rng, dtype=dtype, offset=offset)
-    n_clusters = 6
+    X, y = make_blobs(n_samples=3000, n_features=4, centers=5, cluster_std=rng.uniform(0.5, 1.0, size=5),
+                      center_box=(-30, 30), random_state=int(rng.integers(2**31)))
+    X = (X[np.argsort(y, kind="stable")] + offset).astype(dtype)  # a chunk holds one or two blobs
     sample_weight = rng.uniform(0.2, 3.0, size=len(X)).astype(dtype) if weighted else None
-    # Two starting centres hold no point: the empty-cluster relocation runs on the chunks.
-    init = np.concatenate([X[rng.choice(len(X), n_clusters - 2, replace=False)], np.full((2, X.shape[1]), 1e4)])
-    init = init.astype(dtype)
+    starts = X[np.searchsorted(np.sort(y), np.arange(5))]  # the first point of each blob
+    if dtype == "float64":
+        # Two starting centres hold no point: the empty-cluster relocation runs on the chunks.
+        init = np.concatenate([starts[:3], np.full((2, X.shape[1]), 1e4)])
+    else:
+        # float32 rounds the chunk sums once more than one pass over X does: start from one
+        # point per blob, so that no point lies within that rounding of two centres.
+        init = starts
     chunks = uneven_chunks(rng, len(X))
     Xd = on_cluster(client, X, chunks)
     wd = None if sample_weight is None else da.from_array(sample_weight, chunks=chunks[::-1])  # realigned by fit
-    single = genfast.KMeans(n_clusters, init=init, tol=0, max_iter=100).fit(X, sample_weight=sample_weight)
-    ours = gdask.KMeans(n_clusters, init=init, tol=0, max_iter=100).fit(Xd, sample_weight=wd)
+    single = genfast.KMeans(5, init=init, tol=0, max_iter=100).fit(X, sample_weight=sample_weight)
+    ours = gdask.KMeans(5, init=init, tol=0, max_iter=100).fit(Xd, sample_weight=wd)
 
     assert single.n_iter_ < 100, f"the single-machine fit should converge (labels stop changing); seed={seed}"
     assert ours.n_iter_ == single.n_iter_, f"n_iter {ours.n_iter_} != {single.n_iter_}; seed={seed}"
