@@ -40,6 +40,9 @@ QUICK_SIZES = [(200_000, 32, 64)]
 PEERS = ["genfast.dask", "dask-ml"]
 PEER_ALIASES = {"genfast": ["genfast.dask"], "genfast.dask": ["genfast.dask"], "dask-ml": ["dask-ml"],
                 "dask_ml": ["dask-ml"]}
+#: Chunks of X per worker by default: enough to balance the load, few enough that the
+#: per-task overhead stays small next to the kernels.
+CHUNKS_PER_WORKER = 8
 #: Speed-up per iteration over dask-ml's KMeans that issue 8 asks of genfast.
 TARGET_VS_DASK_ML = 3.0
 
@@ -54,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="LIST", help="comma-separated subset of genfast,dask-ml (default: both)")
     p.add_argument("--workers", type=int, default=2, help="worker processes of the LocalCluster (default 2)")
     p.add_argument("--threads-per-worker", type=int, default=1, help="threads per worker (default 1)")
-    p.add_argument("--chunk-rows", type=int, default=250_000, help="rows per chunk of X (default 250,000)")
+    p.add_argument("--chunk-rows", type=int, default=None,
+                   help=f"rows per chunk of X (default N / ({CHUNKS_PER_WORKER} x workers), rounded up)")
     p.add_argument("--repeats", type=int, default=None, help="timed fits per peer (default 3, --quick 1)")
     p.add_argument("--iters", type=int, default=10, help="Lloyd iterations per fit (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and the initial centres")
@@ -159,11 +163,12 @@ COLUMNS = [
 
 
 def run_case(client, da, N, D, K, peers, args) -> dict:
-    print(f"\n== k-means on dask N={N:,} D={D} K={K}, float32, chunks of {args.chunk_rows:,} rows, "
+    chunk_rows = args.chunk_rows or -(-N // (CHUNKS_PER_WORKER * args.workers))
+    print(f"\n== k-means on dask N={N:,} D={D} K={K}, float32, chunks of {chunk_rows:,} rows, "
           f"{args.iters} Lloyd iterations from the same initial centres, {args.workers} workers x "
           f"{args.threads_per_worker} thread(s), median of {args.repeats} repeat(s) ==", flush=True)
     t0 = time.perf_counter()
-    X, C0, rows = make_data(da, client, N, D, K, args.chunk_rows, args.seed)
+    X, C0, rows = make_data(da, client, N, D, K, chunk_rows, args.seed)
     print(f"data generated and persisted on the workers in {time.perf_counter() - t0:.1f} s", flush=True)
     raw = {}
     for peer in peers:
@@ -213,7 +218,7 @@ def run_case(client, da, N, D, K, peers, args) -> dict:
     client.cancel(X)
     return {
         "N": N, "D": D, "K": K, "dtype": "float32", "iterations": args.iters, "repeats": args.repeats,
-        "chunk_rows": args.chunk_rows, "chunks": int(-(-N // args.chunk_rows)),
+        "chunk_rows": chunk_rows, "chunks": len(X.chunks[0]),
         "data": {"kind": "gaussian blobs", "blobs": K, "blob_centre_std": 2.0, "noise_std": 1.0, "seed": args.seed,
                  "generated": "on the workers, chunk by chunk, persisted before timing",
                  "initial_centres": "K distinct rows of X chosen by the seed", "initial_rows_head": rows[:16].tolist()},
@@ -226,7 +231,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
-    if min(args.repeats, args.iters, args.workers, args.threads_per_worker, args.chunk_rows) < 1:
+    if min(args.repeats, args.iters, args.workers, args.threads_per_worker, args.chunk_rows or 1) < 1:
         print("--repeats, --iters, --workers, --threads-per-worker and --chunk-rows must be >= 1", file=sys.stderr)
         return 2
     if not args.peers:
