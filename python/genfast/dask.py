@@ -261,7 +261,7 @@ class KMeans(ClusterMixin, BaseEstimator):
                 raise ValueError("init contains NaN or infinity")
             centers -= offset
         tol = self.tol * float(variance)
-        centers, self.inertia_, self.n_iter_ = self._lloyd(x_blocks, w_blocks, offset, centers.astype(X.dtype), tol)
+        centers, self.inertia_, self.n_iter_ = self._lloyd(x_blocks, w_blocks, offset, centers, tol)
         self.cluster_centers_ = (centers + offset).astype(X.dtype)
         self.labels_ = self.predict(X)
         return self
