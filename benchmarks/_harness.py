@@ -4,14 +4,15 @@ Every ``benchmarks/bench_*.py`` script uses this module for the parts that must 
 across benchmarks, so their JSON files can be compared and joined:
 
 - :func:`machine_info` - CPU model, physical cores / logical CPUs, memory, load, GPU.
-- :func:`package_versions` - genfast, numpy, scikit-learn, faiss, torch, threadpoolctl
+- :func:`package_versions` - genfast, numpy, scikit-learn, faiss, torch, threadpoolctl, dask,
+  distributed, dask-ml
   (``None`` when a package is absent), read from the installed metadata (no imports).
 - :func:`genfast_config` - ``genfast.config()``, or ``None`` with the import error.
 - :func:`time_call` - a robust timer: warm-up call(s), repeats, median/min/max/mean and every
   sample, the GC paused during timed calls, an optional device synchronisation around them.
 - :func:`format_table` / :func:`print_table` - fixed-width text tables.
 - :func:`write_results` - JSON to ``<out>/<name>-<device>-<UTC timestamp>.json`` plus a copy
-  at ``<out>/<name>-<device>-latest.json``.
+  at ``<out>/<name>-<device>-latest.json``; :func:`finish` writes it and gives the exit status.
 
 Only the standard library is needed at import time; numpy, torch, threadpoolctl are imported
 lazily and their absence is reported, never raised.
@@ -52,6 +53,9 @@ PACKAGES = {
     "faiss": ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "faiss-gpu-cu11", "faiss"),
     "torch": ("torch",),
     "threadpoolctl": ("threadpoolctl",),
+    "dask": ("dask",),
+    "distributed": ("distributed",),
+    "dask-ml": ("dask-ml",),
 }
 
 
@@ -483,14 +487,14 @@ def close_record(record: dict, threads: int, warning_before: str | None) -> None
         print("\n" + warning_after)
 
 
-def save_and_status(name: str, device: str, record: dict, out_dir, *, no_json: bool, errors: int) -> int:
-    """Writes the record (unless no_json) and returns the script's exit status: 1 when `errors`
-    peer runs failed, else 0."""
+def finish(name: str, device: str, record: dict, n_errors: int, *, out_dir, no_json: bool) -> int:
+    """Write the JSON (unless no_json) and say where; the exit status: 1 when a peer raised
+    (its traceback is in the JSON), else 0."""
     if not no_json:
         path, latest = write_results(name, device, record, out_dir)
         print(f"\nwrote {path}\n  and {latest}")
-    if errors:
-        print(f"{errors} peer run(s) failed; see 'traceback' in the JSON", file=sys.stderr)
+    if n_errors:
+        print(f"{n_errors} peer run(s) failed; see 'traceback' in the JSON", file=sys.stderr)
         return 1
     return 0
 

@@ -364,7 +364,7 @@ def main(argv=None) -> int:
         if limiter is not None:
             limiter.restore_original_limits()
     errors = sum(r["status"] == "error" for c in record["cases"] for r in c["results"])
-    return H.save_and_status(NAME, args.device, record, args.out, no_json=args.no_json, errors=errors)
+    return H.finish(NAME, args.device, record, errors, out_dir=args.out, no_json=args.no_json)
 
 
 if __name__ == "__main__":

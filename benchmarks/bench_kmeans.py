@@ -631,13 +631,7 @@ def main(argv=None) -> int:
             limiter.restore_original_limits()
 
     n_err = sum(r["status"] == "error" for c in record["cases"] for r in c["results"])
-    if not args.no_json:
-        path, latest = H.write_results(NAME, args.device, record, args.out)
-        print(f"\nwrote {path}\n  and {latest}")
-    if n_err:
-        print(f"{n_err} peer run(s) failed; see 'traceback' in the JSON", file=sys.stderr)
-        return 1
-    return 0
+    return H.finish(NAME, args.device, record, n_err, out_dir=args.out, no_json=args.no_json)
 
 
 if __name__ == "__main__":

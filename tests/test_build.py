@@ -86,6 +86,24 @@ def test_import_does_not_import_torch():
     assert proc.stdout.startswith("False"), f"torch was imported: {proc.stdout}"
 
 
+def test_import_without_dask():
+    """dask is an optional extra: genfast imports and fits without it (an import of dask
+    fails in this process) and genfast.dask says which extra to install."""
+    code = (
+        "import sys\n"
+        "sys.modules['dask'] = None  # any `import dask` now raises ImportError\n"
+        "import numpy as np, genfast\n"
+        "genfast.KMeans(2, random_state=0).fit(np.arange(8.0).reshape(4, 2))\n"
+        "try:\n"
+        "    genfast.dask\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    proc = _run(code)
+    assert proc.returncode == 0, proc.stderr
+    assert "pip install 'genfast[dask]'" in proc.stdout, proc.stdout
+
+
 def test_show_config_in_fresh_process():
     proc = _run("import genfast; genfast.show_config()")
     assert proc.returncode == 0, proc.stderr

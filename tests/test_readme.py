@@ -18,4 +18,6 @@ def test_readme_example_runs(index):
     code = BLOCKS[index]
     if "import torch" in code:
         pytest.importorskip("torch")
+    if "genfast.dask" in code:
+        pytest.importorskip("distributed")
     exec(compile(code, f"README.md[python block {index}]", "exec"), {})

@@ -8,6 +8,7 @@
 - ``genfast.VAE``: a variational autoencoder (torch nn.Module) trained on those ops.
 - ``genfast.reference``: the pure-numpy float64 oracle the kernels are tested against.
 - ``genfast.show_config()``: what was built and what this process can use.
+- ``genfast.dask``: KMeans and GaussianMixture on dask arrays (needs ``genfast[dask]``).
 """
 
 from . import ops, reference
@@ -21,13 +22,13 @@ __all__ = ["KMeans", "GaussianMixture", "Gaussian", "ops", "reference", "show_co
 
 
 def __getattr__(name):
-    """genfast.torch and genfast.VAE need torch, so they are imported on first use: `import
-    genfast` never imports torch (and they stay out of __all__, so `from genfast import *`
-    does not either)."""
-    if name == "torch":
+    """genfast.torch and genfast.VAE need torch, and genfast.dask needs dask (an optional
+    extra), so they are imported on first use: `import genfast` never imports torch or dask
+    (and they stay out of __all__, so `from genfast import *` does not either)."""
+    if name in ("torch", "dask"):
         import importlib
 
-        return importlib.import_module(".torch", __name__)
+        return importlib.import_module("." + name, __name__)
     if name == "VAE":
         from ._vae import VAE
 

@@ -138,6 +138,16 @@ def _is_same_clustering(labels1, labels2) -> bool:
     return len(np.unique(pairs)) == len(np.unique(labels1))
 
 
+def _moved_centers(centers, sums, weights):
+    """(the next centres, squared shift summed over centres): each cluster's weighted mean in
+    the centres' dtype; a cluster left with no weight keeps its centre."""
+    nonempty = weights > 0
+    new_centers = centers.copy()
+    new_centers[nonempty] = (sums[nonempty] / weights[nonempty, None]).astype(centers.dtype)
+    shift = new_centers.astype(np.float64) - centers
+    return new_centers, float((shift * shift).sum())
+
+
 class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, BaseEstimator):
     """K-means clustering (Lloyd's algorithm) on genfast's fused CPU/CUDA kernels.
 
@@ -344,19 +354,14 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             sums = arrays.to_host(sums).astype(np.float64)
             weights = arrays.to_host(weights).astype(np.float64)
             self._relocate_empty_clusters(arrays, Xw, sw, labels, sq_dist, sums, weights)
-            nonempty = weights > 0
-            new_centers = centers.copy()  # a cluster left with no weight keeps its centre
-            new_centers[nonempty] = (sums[nonempty] / weights[nonempty, None]).astype(centers.dtype)
-            shift = new_centers.astype(np.float64) - centers
             if self.verbose:
                 print(f"Iteration {i}, inertia {arrays.weighted_sum(sq_dist, sw)}.")
-            centers = new_centers
+            centers, shift_tot = _moved_centers(centers, sums, weights)
             if labels_old is not None and arrays.array_equal(labels, labels_old):
                 if self.verbose:
                     print(f"Converged at iteration {i}: strict convergence.")
                 strict_convergence = True
                 break
-            shift_tot = float((shift * shift).sum())
             if shift_tot <= tol:
                 if self.verbose:
                     print(f"Converged at iteration {i}: center shift {shift_tot} within tolerance {tol}.")
@@ -368,7 +373,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             labels, sq_dist = ops.kmeans_assign(Xw, arrays.asarray(centers), check_finite=False)
         return labels, arrays.weighted_sum(sq_dist, sw), centers, i + 1
 
-    def _relocate_empty_clusters(self, arrays, Xw, sw, labels, sq_dist, sums, weights):
+    @staticmethod
+    def _relocate_empty_clusters(arrays, Xw, sw, labels, sq_dist, sums, weights):
         """Move each empty cluster onto one of the points farthest from their centres
         (largest distance first, lowest index on ties): deterministic, never NaN."""
         empty = np.flatnonzero(weights == 0)

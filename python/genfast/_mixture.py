@@ -372,16 +372,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """EM from n_init initialisations; sets the fitted attributes and returns (X as the
         kernels take it, its placement, the best parameters in float64)."""
         self._check_params()
-        device = resolve_device(self.device, X)
-        X = validate_X(self, X, reset=True, ensure_min_samples=2)
+        X, place = self._fit_input(X)
         n_samples, n_features = X.shape
         if n_samples < self.n_components:
             raise ValueError(f"n_components={self.n_components} must be <= n_samples={n_samples} "
                              f"(expected n_samples >= n_components)")
         inits = self._check_initial_parameters(n_features)
-        if device == "cuda" and not be.is_torch(X):
-            X = _to_cuda(X)
-        place = _Place(X)
 
         do_init = not (self.warm_start and hasattr(self, "converged_"))
         if not do_init and self.means_.shape[1] != n_features:
@@ -434,6 +430,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.lower_bound_ = float(max_lower_bound)
         self.lower_bounds_ = [float(v) for v in best_lower_bounds]
         return X, place, best_params
+
+    def _fit_input(self, X):
+        """(X validated for fitting, as the kernels take it; its placement)."""
+        device = resolve_device(self.device, X)
+        X = validate_X(self, X, reset=True, ensure_min_samples=2)
+        if device == "cuda" and not be.is_torch(X):
+            X = _to_cuda(X)
+        return X, _Place(X)
 
     def _initialize_parameters(self, X, place, random_state, inits):
         """Initial (weights, means, covariances, precisions_cholesky), float64 on the host,
@@ -534,10 +538,15 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         weights, means, _, prec_chol = params
         log_prob, *stats = ops.gmm_em_step(X, place.put(weights), place.put(means), place.put(prec_chol),
                                            self.covariance_type, check_finite=False)
-        nk, means, covariances = self._parameters_from_statistics(X, place, *stats)
+        return place.mean(log_prob), self._m_step(X, place, *stats)
+
+    def _m_step(self, X, place, nk, sums, scatter):
+        """scikit-learn's M-step from the statistics of the responsibilities: the next
+        (weights, means, covariances, precisions_cholesky), float64 on the host."""
+        nk, means, covariances = self._parameters_from_statistics(X, place, nk, sums, scatter)
         weights = nk / nk.sum()
         prec_chol = _precisions_cholesky(covariances, self.covariance_type, float(self.reg_covar), place.dtype)
-        return place.mean(log_prob), (weights, means, covariances, prec_chol)
+        return weights, means, covariances, prec_chol
 
     def _get_parameters_from_attributes(self):
         return tuple(np.asarray(a, dtype=np.float64) for a in
