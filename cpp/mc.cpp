@@ -5,7 +5,6 @@
 #include <genfast/simd.hpp>
 #include <genfast/vmath.hpp>
 
-#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -47,6 +46,22 @@ template <class V> double lane_sum(V v) {
   return s;
 }
 
+/// The larger of u and v, NaN once either is NaN (so that a NaN in a chunk reaches the sums,
+/// where the caller detects it).
+template <class V> V max_keeping_nan(V u, V v) { return (v > u) | (v != v) ? v : u; }
+
+/// max_i a_i of a row of n >= 1 values (-inf when all are -inf, NaN when one is NaN).
+template <class T> T row_max(const T* a, int64_t n) {
+  using V = vec<T>;
+  V lanes = V{} - std::numeric_limits<T>::infinity();
+  int64_t i = 0;
+  for (; i + kLanes<T> <= n; i += kLanes<T>) lanes = max_keeping_nan(lanes, simd::load<V>(a + i));
+  T best = -std::numeric_limits<T>::infinity();
+  for (int l = 0; l < kLanes<T>; ++l) best = max_keeping_nan(best, lanes[l]);
+  for (; i < n; ++i) best = max_keeping_nan(best, a[i]);
+  return best;
+}
+
 /// Adds exp(a_i - shift) and its square over one row of n log-weights to sum and sum_sq: lanes
 /// summed in T for at most kBlock vectors (terms in [0, 1]), then in double.
 template <class T> void add_shifted_exps(const T* a, int64_t n, T shift, double& sum, double& sum_sq) {
@@ -77,7 +92,7 @@ void logmeanexp_update(int64_t B, int64_t m, const T* a, double* max, double* su
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < B; ++b) {
     const T* row = a + b * m;
-    const T chunk_max = *std::max_element(row, row + m, [](T u, T v) { return u < v; });
+    const T chunk_max = row_max(row, m);
     LogMeanExpState<double> st{max[b], sum[b], sum_sq[b]};
     // A chunk of zero weights (all -inf) adds nothing; so does one that cannot raise the max.
     if (chunk_max != -std::numeric_limits<T>::infinity()) {
@@ -106,7 +121,8 @@ namespace {
 template <class T, elbo::Likelihood kLikelihood>
 double decoder_log_likelihood_row(int64_t D, const T* x, const T* out, const T* logvar, T fixed_logvar,
                                   T fixed_precision) {
-  const auto term = [&](auto xv, auto ov, const T* lv) {
+  // Forced inline: a call would pass every vector through memory.
+  const auto term = [&](auto xv, auto ov, const T* lv) __attribute__((always_inline)) {
     using V = decltype(xv);
     if constexpr (kLikelihood == elbo::Likelihood::bernoulli) {
       return elbo::bernoulli_term(xv, ov, VectorExp{}, VectorLog1pReciprocal{}).log_p;

@@ -218,6 +218,11 @@ def test_bad_inputs_name_the_argument(rng):
         ops.logmeanexp(a, 2)
     with pytest.raises(ValueError, match="chunk"):
         mc.LogMeanExp().update(np.full((2, 2), np.nan))
+    for bad in (np.nan, np.inf):
+        b = a.copy()
+        b[1, 2] = bad
+        with pytest.raises(ValueError, match="a contains NaN or \\+infinity"):
+            ops.logmeanexp(b)
     with pytest.raises(TypeError, match="a must be"):
         ops.logmeanexp(a.astype(complex))
     with pytest.raises(ValueError, match="rows"):

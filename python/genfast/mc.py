@@ -52,7 +52,7 @@ class LogMeanExp:
         if self._state is None:
             self._state = ops._LogMeanExpState(rows.shape[0])
             self._place, self._dtype = place, be.dtype_name(rows)
-        self._state.update(rows)
+        self._state.update(rows, "chunk")
         return self
 
     @property

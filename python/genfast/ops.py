@@ -550,16 +550,12 @@ def _no_cuda_yet(name, place):
 
 
 def _rows_2d(name, a):
-    """(a as a C-contiguous float (B, m) array or tensor, its placement); raises for NaN or +inf
-    (-inf is a zero weight and allowed)."""
+    """(a as a C-contiguous float (B, m) array or tensor, its placement)."""
     place = be.placement_of(name, a)
     _no_cuda_yet(name, place)
     a = be.as_float(name, a, check_finite=False)
     if a.ndim != 2:
         raise ValueError(f"{name} must be 2-d (B, m), got shape {tuple(a.shape)}")
-    host = be.host_view(a)
-    if host.size and (np.isnan(host).any() or np.isposinf(host).any()):
-        raise ValueError(f"{name} contains NaN or +infinity (log-weights may be -inf, never NaN or +inf)")
     return a, place
 
 
@@ -599,13 +595,18 @@ class _LogMeanExpState:
         self.sum_sq = np.zeros(n_rows)
         self.n_samples = 0
 
-    def update(self, rows) -> None:
-        """Adds a C-contiguous float (n_rows, m) chunk (numpy or CPU tensor)."""
+    def update(self, rows, name: str = "a") -> None:
+        """Adds a C-contiguous float (n_rows, m) chunk (numpy or CPU tensor). Raises ValueError
+        naming it when it holds NaN or +inf (-inf is a zero weight): the kernel's sums turn NaN
+        then, a check over n_rows values instead of a pass over the chunk. The state is then
+        spoilt."""
         host = be.host_view(rows)
         if host.shape[0] != self.max.shape[0]:
             raise ValueError(f"the chunk has {host.shape[0]} rows but the accumulator has {self.max.shape[0]}")
         be._core.mc_logmeanexp_update(host, self.max, self.sum, self.sum_sq)
         self.n_samples += host.shape[1]
+        if not np.isfinite(self.sum).all():
+            raise ValueError(f"{name} contains NaN or +infinity (log-weights may be -inf, never NaN or +inf)")
 
     def result(self, place, dtype):
         """(log_mean, ess, std_error), each (n_rows,), placed as `place` in `dtype`."""
