@@ -234,6 +234,12 @@ def test_bad_inputs_name_the_argument(rng):
         ops.log_importance_weights(x, out[:, :, :3], lp, lq)
     with pytest.raises(ValueError, match="log_prior"):
         ops.log_importance_weights(x, out, lp[:, :2], lq)
+    for name, arr, bad in (("decoder_out", out, np.nan), ("log_prior", lp, np.inf)):
+        spoilt = arr.copy()
+        spoilt[0, 1] = bad
+        args = {"decoder_out": out, "log_prior": lp} | {name: spoilt}
+        with pytest.raises(ValueError, match="contains NaN or infinity"):
+            ops.log_importance_weights(x, args["decoder_out"], args["log_prior"], lq)
     with pytest.raises(ValueError, match="likelihood"):
         ops.log_importance_weights(x, out, lp, lq, likelihood="poisson")
     model = LinearGaussian(rng)

@@ -626,7 +626,10 @@ def log_importance_weights(x, decoder_out, log_prior, log_proposal, *, likelihoo
 
     x (B, D); decoder_out (B, m, D) Bernoulli logits or Gaussian means; decoder_logvar (B, m, D)
     per-element Gaussian log-variances, or one fixed `variance` (default 1); log_prior = log p(z)
-    and log_proposal = log q(z | x), (B, m). Returns (B, m) in x's dtype (numpy or CPU tensors)."""
+    and log_proposal = log q(z | x), (B, m). Returns (B, m) in x's dtype (numpy or CPU tensors).
+    check_finite: x must be finite, and a NaN or +inf log-weight (from NaN or infinite inputs)
+    raises ValueError; -inf (a zero weight) is allowed. The (B, m, D) inputs are checked through
+    the (B, m) result: a pass over them would cost several times the kernel."""
     fixed_logvar = gaussian_fixed_logvar(likelihood, decoder_logvar, variance)
     place = be.placement_of("x", x)
     _no_cuda_yet("x", place)
@@ -639,7 +642,7 @@ def log_importance_weights(x, decoder_out, log_prior, log_proposal, *, likelihoo
             raise ValueError(f"{name} is required")
         if a is not None:
             be.same_placement("x", place, name, a)
-            arrays[name] = be.host_view(be.as_float(name, a, dtype=dtype, check_finite=check_finite))
+            arrays[name] = be.host_view(be.as_float(name, a, dtype=dtype, check_finite=False))
     if x.ndim != 2:
         raise ValueError(f"x must be 2-d (B, D), got shape {tuple(x.shape)}")
     out = arrays["decoder_out"]
@@ -650,4 +653,8 @@ def log_importance_weights(x, decoder_out, log_prior, log_proposal, *, likelihoo
     be._core.mc_log_importance_weights(be.host_view(x), out, arrays.get("decoder_logvar"), likelihood,
                                        fixed_logvar, arrays["log_prior"], arrays["log_proposal"],
                                        be.host_view(log_w))
+    host = be.host_view(log_w)
+    if check_finite and (np.isnan(host).any() or np.isposinf(host).any()):
+        raise ValueError("decoder_out, decoder_logvar, log_prior or log_proposal contains NaN or infinity "
+                         "(a log-weight came out NaN or +inf)")
     return log_w
