@@ -17,6 +17,7 @@
 #include "elbo.hpp"
 #include "gmm.hpp"
 #include "kmeans.hpp"
+#include "mc.hpp"
 
 namespace py = pybind11;
 
@@ -301,6 +302,72 @@ template <class T> void bind_elbo(py::module_& m) {
         py::arg("out").noconvert(), "out[b] = weight[b] grad[b] for every row b of a 2-d array.");
 }
 
+template <class T>
+void mc_logmeanexp_update(const carray<T>& a, carray<double>& max, carray<double>& sum, carray<double>& sum_sq) {
+  require(a.ndim() == 2, "a must be 2-d (B, m)");
+  for (const auto& [name, s] : {std::pair<const char*, carray<double>*>{"max", &max}, {"sum", &sum}, {"sum_sq", &sum_sq}})
+    require_shape(*s, name, {a.shape(0)});
+  const T* in = a.data();
+  double *mx = max.mutable_data(), *s = sum.mutable_data(), *q = sum_sq.mutable_data();
+  py::gil_scoped_release release;
+  genfast::mc::logmeanexp_update<T>(a.shape(0), a.shape(1), in, mx, s, q);
+}
+
+template <class T>
+void mc_logmeanexp_finish(double n_samples, const carray<double>& max, const carray<double>& sum,
+                          const carray<double>& sum_sq, carray<T>& log_mean, carray<T>& ess, carray<T>& std_error) {
+  require(max.ndim() == 1, "max must be 1-d (B,)");
+  require(n_samples >= 1, "n_samples must be at least 1");
+  const py::ssize_t B = max.shape(0);
+  require_shape(sum, "sum", {B});
+  require_shape(sum_sq, "sum_sq", {B});
+  require_shape(log_mean, "log_mean", {B});
+  require_shape(ess, "ess", {B});
+  require_shape(std_error, "std_error", {B});
+  const double *mx = max.data(), *s = sum.data(), *q = sum_sq.data();
+  T *lm = log_mean.mutable_data(), *e = ess.mutable_data(), *se = std_error.mutable_data();
+  py::gil_scoped_release release;
+  genfast::mc::logmeanexp_finish<T>(B, n_samples, mx, s, q, lm, e, se);
+}
+
+template <class T>
+void mc_log_importance_weights(const carray<T>& x, const carray<T>& decoder_out,
+                               const optional_array<T>& decoder_logvar, const std::string& likelihood,
+                               double fixed_logvar, const carray<T>& log_prior, const carray<T>& log_proposal,
+                               carray<T>& log_w) {
+  using genfast::elbo::Likelihood;
+  require(likelihood == "bernoulli" || likelihood == "gaussian",
+          "likelihood must be 'bernoulli' or 'gaussian', got '" + likelihood + "'");
+  require(x.ndim() == 2, "x must be 2-d (B, D)");
+  require(decoder_out.ndim() == 3, "decoder_out must be 3-d (B, m, D)");
+  const py::ssize_t B = x.shape(0), D = x.shape(1), m = decoder_out.shape(1);
+  require_shape(decoder_out, "decoder_out", {B, m, D});
+  if (decoder_logvar) require_shape(*decoder_logvar, "decoder_logvar", {B, m, D});
+  require(!(decoder_logvar && likelihood == "bernoulli"), "the Bernoulli likelihood has no log-variance");
+  require_shape(log_prior, "log_prior", {B, m});
+  require_shape(log_proposal, "log_proposal", {B, m});
+  require_shape(log_w, "log_w", {B, m});
+  const auto lik = likelihood == "bernoulli" ? Likelihood::bernoulli : Likelihood::gaussian;
+  const T *xp = x.data(), *out = decoder_out.data(), *lv = in_ptr(decoder_logvar);
+  const T *lp = log_prior.data(), *lq = log_proposal.data();
+  T* w = log_w.mutable_data();
+  py::gil_scoped_release release;
+  genfast::mc::log_importance_weights<T>(B, m, D, lik, xp, out, lv, fixed_logvar, lp, lq, w);
+}
+
+template <class T> void bind_mc(py::module_& m) {
+  const auto array = [](const char* name) { return py::arg(name).noconvert(); };
+  m.def("mc_logmeanexp_update", &mc_logmeanexp_update<T>, array("a"), array("max"), array("sum"),
+        array("sum_sq"), "Adds a chunk a (B, m) of log-weights to the running per-row state (float64, (B,)).");
+  m.def("mc_logmeanexp_finish", &mc_logmeanexp_finish<T>, py::arg("n_samples"), array("max"), array("sum"),
+        array("sum_sq"), array("log_mean"), array("ess"), array("std_error"),
+        "Per-row log mean exp, effective sample size and standard error from the running state.");
+  m.def("mc_log_importance_weights", &mc_log_importance_weights<T>, array("x"), array("decoder_out"),
+        py::arg("decoder_logvar").noconvert() = py::none(), py::arg("likelihood") = "bernoulli",
+        py::arg("fixed_logvar") = 0.0, array("log_prior"), array("log_proposal"), array("log_w"),
+        "log w = sum_d log p(x_d | decoder_out) + log_prior - log_proposal, (B, m), fused.");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
@@ -311,6 +378,8 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
   bind_gmm<double>(m);
   bind_elbo<float>(m);
   bind_elbo<double>(m);
+  bind_mc<float>(m);
+  bind_mc<double>(m);
   m.def("openmp_max_threads", [] { return omp_get_max_threads(); },
         "Threads an OpenMP parallel region would use now.");
   m.def("build_info", [] {

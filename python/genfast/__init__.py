@@ -11,14 +11,14 @@
 - ``genfast.dask``: KMeans and GaussianMixture on dask arrays (needs ``genfast[dask]``).
 """
 
-from . import ops, reference
+from . import mc, ops, reference
 from ._config import config, show_config
 from ._kmeans import KMeans
 from ._mixture import Gaussian, GaussianMixture
 
 __version__ = config()["version"]
 
-__all__ = ["KMeans", "GaussianMixture", "Gaussian", "ops", "reference", "show_config", "config", "__version__"]
+__all__ = ["KMeans", "GaussianMixture", "Gaussian", "mc", "ops", "reference", "show_config", "config", "__version__"]
 
 
 def __getattr__(name):

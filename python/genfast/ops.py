@@ -537,3 +537,124 @@ def elbo(x, decoder_out, mu=None, logvar=None, *, likelihood: str = "bernoulli",
                  fixed_logvar=fixed_logvar, beta=beta, rec_scale=1.0, kl_scale=-beta)
     values = (outputs["elbo"], outputs["rec"], outputs["kl"])
     return (*values, grads) if gradients else values
+
+
+# ---------------------------------------------------------------------- Monte Carlo likelihood
+
+
+def _no_cuda_yet(name, place):
+    """The Monte Carlo kernels run on the CPU only (no CUDA version yet)."""
+    if place.cuda:
+        raise NotImplementedError(f"{name}: the Monte Carlo kernels have no CUDA version yet; move the "
+                                  "tensors to the CPU")
+
+
+def _rows_2d(name, a):
+    """(a as a C-contiguous float (B, m) array or tensor, its placement)."""
+    place = be.placement_of(name, a)
+    _no_cuda_yet(name, place)
+    a = be.as_float(name, a, check_finite=False)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-d (B, m), got shape {tuple(a.shape)}")
+    return a, place
+
+
+def logmeanexp_stats(a, dim: int = -1):
+    """(log_mean, ess, std_error) of the weights exp(a) along `dim`, each with `dim` removed:
+    log((1/M) sum_i exp(a_i)), the effective sample size (sum w)^2 / sum w^2, and the
+    delta-method standard error of log_mean, sqrt(1/ESS - 1/M). A slice that is all -inf gives
+    -inf, ESS 0 and standard error +inf (never NaN). numpy arrays or CPU tensors, float32 or
+    float64 (results in a's dtype; sums accumulated in float64)."""
+    place = be.placement_of("a", a)
+    _no_cuda_yet("a", place)
+    ndim = a.ndim
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not -ndim <= dim < ndim:
+        raise ValueError(f"dim must be an int in [-{ndim}, {ndim}) for a with shape {tuple(a.shape)}, got {dim!r}")
+    if a.shape[dim] == 0:
+        raise ValueError(f"a has no samples along dim {dim} (shape {tuple(a.shape)})")
+    moved = a.movedim(dim, -1) if be.is_torch(a) else np.moveaxis(np.asarray(a), dim, -1)
+    out_shape = tuple(moved.shape[:-1])
+    rows, place = _rows_2d("a", moved.reshape(-1, moved.shape[-1]))
+    acc = _LogMeanExpState(rows.shape[0])
+    acc.update(rows)
+    return tuple(r.reshape(out_shape) for r in acc.result(place, be.dtype_name(rows)))
+
+
+def logmeanexp(a, dim: int = -1):
+    """log((1/M) sum_i exp(a_i)) along `dim` (M = a.shape[dim]), in one streaming pass; a slice
+    that is all -inf gives -inf. Not differentiable: use genfast.torch.logmeanexp for autograd."""
+    return logmeanexp_stats(a, dim)[0]
+
+
+class _LogMeanExpState:
+    """Per-row streaming log-mean-exp state (float64 max, shifted sum and sum of squares)."""
+
+    def __init__(self, n_rows: int):
+        self.max = np.full(n_rows, -np.inf)
+        self.sum = np.zeros(n_rows)
+        self.sum_sq = np.zeros(n_rows)
+        self.n_samples = 0
+
+    def update(self, rows, name: str = "a") -> None:
+        """Adds a C-contiguous float (n_rows, m) chunk (numpy or CPU tensor). Raises ValueError
+        naming it when it holds NaN or +inf (-inf is a zero weight): the kernel's sums turn NaN
+        then, a check over n_rows values instead of a pass over the chunk. The state is then
+        spoilt."""
+        host = be.host_view(rows)
+        if host.shape[0] != self.max.shape[0]:
+            raise ValueError(f"the chunk has {host.shape[0]} rows but the accumulator has {self.max.shape[0]}")
+        be._core.mc_logmeanexp_update(host, self.max, self.sum, self.sum_sq)
+        self.n_samples += host.shape[1]
+        if not np.isfinite(self.sum).all():
+            raise ValueError(f"{name} contains NaN or +infinity (log-weights may be -inf, never NaN or +inf)")
+
+    def result(self, place, dtype):
+        """(log_mean, ess, std_error), each (n_rows,), placed as `place` in `dtype`."""
+        if self.n_samples == 0:
+            raise ValueError("no samples were added")
+        outs = [be.empty(place, self.max.shape, dtype) for _ in range(3)]
+        be._core.mc_logmeanexp_finish(float(self.n_samples), self.max, self.sum, self.sum_sq,
+                                      *(be.host_view(o) for o in outs))
+        return tuple(outs)
+
+
+def log_importance_weights(x, decoder_out, log_prior, log_proposal, *, likelihood: str = "bernoulli",
+                           decoder_logvar=None, variance=None, check_finite: bool = True):
+    """Log importance weights of m latent draws per data point, fused (no (B, m, D) temporaries):
+
+        log_w[b, j] = sum_d log p(x[b, d] | decoder_out[b, j, d]) + log_prior[b, j] - log_proposal[b, j]
+
+    x (B, D); decoder_out (B, m, D) Bernoulli logits or Gaussian means; decoder_logvar (B, m, D)
+    per-element Gaussian log-variances, or one fixed `variance` (default 1); log_prior = log p(z)
+    and log_proposal = log q(z | x), (B, m). Returns (B, m) in x's dtype (numpy or CPU tensors).
+    check_finite: x must be finite, and a NaN or +inf log-weight (from NaN or infinite inputs)
+    raises ValueError; -inf (a zero weight) is allowed. The (B, m, D) inputs are checked through
+    the (B, m) result: a pass over them would cost several times the kernel."""
+    fixed_logvar = gaussian_fixed_logvar(likelihood, decoder_logvar, variance)
+    place = be.placement_of("x", x)
+    _no_cuda_yet("x", place)
+    x = be.as_float("x", x, check_finite=check_finite)
+    dtype = be.dtype_name(x)
+    arrays = {}
+    for name, a in (("decoder_out", decoder_out), ("decoder_logvar", decoder_logvar), ("log_prior", log_prior),
+                    ("log_proposal", log_proposal)):
+        if a is None and name != "decoder_logvar":
+            raise ValueError(f"{name} is required")
+        if a is not None:
+            be.same_placement("x", place, name, a)
+            arrays[name] = be.host_view(be.as_float(name, a, dtype=dtype, check_finite=False))
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-d (B, D), got shape {tuple(x.shape)}")
+    out = arrays["decoder_out"]
+    if out.ndim != 3 or out.shape[0] != x.shape[0] or out.shape[2] != x.shape[1]:
+        raise ValueError(f"decoder_out must have shape (B, m, D) = ({x.shape[0]}, m, {x.shape[1]}), "
+                         f"got {tuple(out.shape)}")
+    log_w = be.empty(place, out.shape[:2], dtype)
+    be._core.mc_log_importance_weights(be.host_view(x), out, arrays.get("decoder_logvar"), likelihood,
+                                       fixed_logvar, arrays["log_prior"], arrays["log_proposal"],
+                                       be.host_view(log_w))
+    host = be.host_view(log_w)
+    if check_finite and (np.isnan(host).any() or np.isposinf(host).any()):
+        raise ValueError("decoder_out, decoder_logvar, log_prior or log_proposal contains NaN or infinity "
+                         "(a log-weight came out NaN or +inf)")
+    return log_w

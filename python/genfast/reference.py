@@ -288,3 +288,31 @@ def elbo_gradients(x, decoder_out, mu=None, logvar=None, likelihood="bernoulli",
         _, d_mu, d_logvar = kl_normal_std(mu, logvar)
         grads["mu"], grads["logvar"] = -beta * d_mu, -beta * d_logvar
     return grads
+
+
+def logmeanexp_stats(a, axis=-1):
+    """(log mean exp, ESS, standard error) along axis: log((1/M) sum exp(a)), (sum w)^2 / sum w^2
+    and sqrt(var(w) / M) / mean(w) (var with 1/M) for w = exp(a). All -inf: (-inf, 0, inf)."""
+    a = np.moveaxis(np.asarray(a, dtype=np.float64), axis, -1)
+    M = a.shape[-1]
+    top = a.max(axis=-1, keepdims=True)
+    finite = np.isfinite(top)
+    w = np.exp(a - np.where(finite, top, 0.0))
+    mean = w.mean(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_mean = np.log(mean) + np.where(finite[..., 0], top[..., 0], 0.0)
+        ess = np.where(mean > 0, w.sum(-1) ** 2 / (w**2).sum(-1), 0.0)
+        se = np.where(mean > 0, np.sqrt(w.var(axis=-1) / M) / mean, np.inf)
+    return log_mean, ess, se
+
+
+def log_importance_weights(x, decoder_out, log_prior, log_proposal, likelihood="bernoulli", decoder_logvar=None,
+                           variance=None):
+    """(B, m) log w = sum_d log p(x_d | decoder_out[:, j]) + log_prior - log_proposal, for x
+    (B, D) and decoder outputs (B, m, D), one draw j at a time."""
+    decoder_out = np.asarray(decoder_out, dtype=np.float64)
+    columns = []
+    for j in range(decoder_out.shape[1]):
+        logvar_j = None if decoder_logvar is None else np.asarray(decoder_logvar, dtype=np.float64)[:, j]
+        columns.append(_reconstruction(x, decoder_out[:, j], likelihood, logvar_j, variance)[0])
+    return np.stack(columns, axis=1) + np.asarray(log_prior, np.float64) - np.asarray(log_proposal, np.float64)

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from . import ops as _ops
 
-__all__ = ["elbo", "kl_normal_std", "bernoulli_log_likelihood", "gaussian_log_likelihood"]
+__all__ = ["elbo", "kl_normal_std", "bernoulli_log_likelihood", "gaussian_log_likelihood", "logmeanexp"]
 
 REDUCTIONS = ("mean", "sum", "none")
 _VALUES = ("elbo", "rec", "kl")
@@ -232,7 +232,47 @@ def _terms(x, decoder_out, decoder_logvar, mu, logvar, likelihood, fixed_logvar,
     return elbo_forward(*inputs, likelihood, fixed_logvar, beta, gradients, per_sample, kl_scale)[:3]
 
 
+@torch.library.custom_op("genfast::logmeanexp_rows", mutates_args=())
+def logmeanexp_rows(a: Tensor) -> Tensor:
+    """log((1/M) sum_j exp(a[b, j])) per row of a (B, M) tensor (CPU; streaming kernel)."""
+    return _ops.logmeanexp(a.contiguous(), -1)
+
+
+@logmeanexp_rows.register_fake
+def _logmeanexp_rows_fake(a):
+    return a.new_empty(a.shape[:1])
+
+
+def _setup_logmeanexp_rows(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], output)
+
+
+def _backward_logmeanexp_rows(ctx, grad):
+    a, out = ctx.saved_tensors
+    # d/da_j log mean exp(a) = exp(a_j - out) / M (softmax(a) / ... , the normalised weights);
+    # a row that is all -inf has no weight anywhere: zero gradient, not exp(-inf + inf) = NaN.
+    finite = torch.isfinite(out)[:, None]
+    weights = torch.where(finite, torch.exp(a - torch.where(finite, out[:, None], 0.0)), 0.0) / a.shape[1]
+    return grad[:, None] * weights
+
+
+logmeanexp_rows.register_autograd(_backward_logmeanexp_rows, setup_context=_setup_logmeanexp_rows)
+
+
 # --------------------------------------------------------------------------- public functions
+def logmeanexp(a: Tensor, dim: int = -1) -> Tensor:
+    """log((1/M) sum_i exp(a_i)) along dim (M = a.shape[dim]), differentiable: the gradient is
+    the normalised weights exp(a_i) / sum_j exp(a_j) (over M) times the upstream gradient; a
+    slice that is all -inf gives -inf and a zero gradient. CPU tensors, float32/float64."""
+    if not isinstance(a, Tensor):
+        raise TypeError(f"a must be a torch.Tensor, got {type(a).__name__}")
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -a.ndim <= dim < a.ndim:
+        raise ValueError(f"dim must be an int in [-{a.ndim}, {a.ndim}) for a with shape {tuple(a.shape)}, got {dim!r}")
+    moved = a.movedim(dim, -1)
+    return logmeanexp_rows(moved.reshape(-1, moved.shape[-1])).reshape(moved.shape[:-1])
+
+
+
 def elbo(x: Tensor, decoder_out: Tensor, mu: Tensor, logvar: Tensor, likelihood: str = "bernoulli",
          beta: float = 1.0, reduction: str = "mean", *, decoder_logvar: Tensor | None = None,
          variance: float | None = None, return_terms: bool = False):

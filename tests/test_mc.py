@@ -1,0 +1,251 @@
+"""Monte Carlo likelihood estimation: the streaming log-mean-exp and fused importance-weight
+kernels against genfast.reference, the estimators against exact log p(x) (linear-Gaussian model,
+a GMM as a discrete latent), the torch logmeanexp op, and bad inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import genfast
+from genfast import mc, ops, reference
+
+torch = pytest.importorskip("torch")
+gt = pytest.importorskip("genfast.torch")
+
+DTYPES = ("float32", "float64")
+RTOL = {"float32": 2e-5, "float64": 1e-12}
+
+
+def random_log_weights(rng, B, M, dtype):
+    """Log-weights spread over ~30 nats, with some -inf entries and one all -inf row."""
+    a = rng.normal(scale=10.0, size=(B, M))
+    a[rng.random((B, M)) < 0.1] = -np.inf
+    a[0] = -np.inf
+    return a.astype(dtype)
+
+
+def assert_stats_match(got, want, dtype):
+    for name, g, w in zip(("log_mean", "ess", "std_error"), got, want):
+        g = np.asarray(g, dtype=np.float64)
+        assert not np.isnan(g).any(), f"{name} has NaN (an output not written?)"
+        np.testing.assert_allclose(g, w, rtol=RTOL[dtype], atol=RTOL[dtype], err_msg=name)
+
+
+# --------------------------------------------------------------------------- kernels vs reference
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M", [1, 7, 100, 1000])
+def test_logmeanexp_stats_match_reference(rng, dtype, M):
+    a = random_log_weights(rng, 9, M, dtype)
+    assert_stats_match(ops.logmeanexp_stats(a), reference.logmeanexp_stats(a), dtype)
+    log_mean, ess, se = ops.logmeanexp_stats(a)
+    assert log_mean.dtype == np.dtype(dtype) and log_mean[0] == -np.inf and ess[0] == 0 and se[0] == np.inf
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_streaming_chunks_equal_one_pass(rng, dtype):
+    a = random_log_weights(rng, 6, 1000, dtype)
+    acc = mc.LogMeanExp()
+    for start, stop in ((0, 3), (3, 300), (300, 301), (301, 1000)):  # chunk sizes not dividing M
+        acc.update(a[:, start:stop])
+    assert acc.n_samples == 1000
+    r = acc.result()
+    assert_stats_match((r.log_likelihood, r.ess, r.std_error), ops.logmeanexp_stats(a), dtype)
+
+
+def test_chunk_raising_the_max_rescales_earlier_sums(rng):
+    a = np.concatenate([rng.normal(size=(3, 50)) - 700.0, rng.normal(size=(3, 50)) + 700.0], axis=1)
+    r = mc.LogMeanExp().update(a[:, :50]).update(a[:, 50:]).result()
+    assert_stats_match((r.log_likelihood, r.ess, r.std_error), reference.logmeanexp_stats(a), "float64")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_logmeanexp_along_any_dim_numpy_and_torch(rng, dtype):
+    a = rng.normal(size=(4, 5, 6)).astype(dtype)
+    for dim in (0, 1, -1):
+        want = reference.logmeanexp_stats(a, axis=dim)[0]
+        np.testing.assert_allclose(ops.logmeanexp(a, dim), want, rtol=RTOL[dtype])
+        got = ops.logmeanexp(torch.from_numpy(a), dim)
+        assert isinstance(got, torch.Tensor) and got.dtype == getattr(torch, dtype)
+        np.testing.assert_allclose(got.numpy(), want, rtol=RTOL[dtype])
+
+
+def test_finish_writes_every_output(rng):
+    a = random_log_weights(rng, 5, 20, "float64")
+    acc = ops._LogMeanExpState(5)
+    acc.update(a)
+    outs = [np.full(5, np.nan) for _ in range(3)]
+    genfast._core.mc_logmeanexp_finish(20.0, acc.max, acc.sum, acc.sum_sq, *outs)
+    assert_stats_match(outs, reference.logmeanexp_stats(a), "float64")
+
+
+def random_decoder_problem(rng, B, m, D, likelihood, per_element, dtype):
+    x = (rng.random((B, D)) < 0.5).astype(dtype) if likelihood == "bernoulli" else rng.normal(size=(B, D)).astype(dtype)
+    out = rng.normal(scale=3.0, size=(B, m, D)).astype(dtype)
+    logvar = rng.normal(scale=0.5, size=(B, m, D)).astype(dtype) if per_element else None
+    log_prior, log_proposal = (rng.normal(size=(B, m)).astype(dtype) for _ in range(2))
+    return x, out, logvar, log_prior, log_proposal
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("likelihood,per_element,variance",
+                         [("bernoulli", False, None), ("gaussian", True, None), ("gaussian", False, 0.3)])
+@pytest.mark.parametrize("D", [1, 37, 784])
+def test_log_importance_weights_match_reference(rng, dtype, likelihood, per_element, variance, D):
+    x, out, logvar, lp, lq = random_decoder_problem(rng, 3, 5, D, likelihood, per_element, dtype)
+    got = ops.log_importance_weights(x, out, lp, lq, likelihood=likelihood, decoder_logvar=logvar, variance=variance)
+    want = reference.log_importance_weights(x, out, lp, lq, likelihood, logvar, variance)
+    assert got.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(got, want, rtol=RTOL[dtype] * 5, atol=RTOL[dtype] * D)
+
+
+def test_log_importance_weights_writes_every_output(rng):
+    x, out, _, lp, lq = random_decoder_problem(rng, 4, 3, 17, "bernoulli", False, "float64")
+    log_w = np.full((4, 3), np.nan)
+    genfast._core.mc_log_importance_weights(x, out, None, "bernoulli", 0.0, lp, lq, log_w)
+    np.testing.assert_allclose(log_w, reference.log_importance_weights(x, out, lp, lq), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- exact models
+class LinearGaussian:
+    """p(z) = N(0, I_L), p(x | z) = N(W z + b, s^2 I_D) with W = Q diag(c) (orthonormal Q), so the
+    exact posterior N(S W^T (x - b) / s^2, S), S = (I + W^T W / s^2)^-1, is diagonal: encode()
+    returns it exactly. Marginal: p(x) = N(b, W W^T + s^2 I)."""
+
+    likelihood = "gaussian"
+
+    def __init__(self, rng, D=6, L=3, s=0.5):
+        q, _ = np.linalg.qr(rng.normal(size=(D, L)))
+        self.W = q * rng.uniform(0.5, 2.0, size=L)
+        self.b, self.variance, self.latent_dim = rng.normal(size=D), s * s, L
+        self.post_var = 1.0 / (1.0 + (self.W**2).sum(0) / self.variance)
+
+    def encode(self, x):
+        x = torch.as_tensor(x, dtype=torch.float64)
+        mu = (x - torch.from_numpy(self.b)) @ torch.from_numpy(self.W * self.post_var / self.variance)
+        return mu, torch.log(torch.from_numpy(self.post_var)).expand_as(mu)
+
+    def decode(self, z):
+        return z @ torch.from_numpy(self.W.T) + torch.from_numpy(self.b), None
+
+    def exact_log_px(self, x):
+        from scipy.stats import multivariate_normal
+        cov = self.W @ self.W.T + self.variance * np.eye(len(self.b))
+        return multivariate_normal(self.b, cov).logpdf(x)
+
+
+def test_exact_posterior_gives_zero_variance(rng, seed):
+    model = LinearGaussian(rng)
+    x = model.decode(torch.randn(4, 3, dtype=torch.float64))[0].numpy() + rng.normal(size=(4, 6))
+    gen = torch.Generator().manual_seed(seed)
+    r = mc.log_likelihood(model, x, n_samples=50, proposal="posterior", chunk_size=16, generator=gen)
+    np.testing.assert_allclose(r.log_likelihood.numpy(), model.exact_log_px(x), rtol=1e-10)
+    np.testing.assert_allclose(r.ess.numpy(), 50.0, rtol=1e-9)
+    assert (r.std_error.numpy() < 1e-6).all()
+
+
+def test_prior_sampling_converges_within_reported_error(rng, seed):
+    model = LinearGaussian(rng, D=4, L=2, s=1.0)
+    x = rng.normal(size=(5, 4)) + model.b
+    gen = torch.Generator().manual_seed(seed)
+    r = mc.log_likelihood(model, x, n_samples=20000, proposal="prior", chunk_size=4096, generator=gen)
+    err = np.abs(r.log_likelihood.numpy() - model.exact_log_px(x))
+    assert (err < 5 * r.std_error.numpy() + 1e-3).all(), (err, r.std_error)
+    assert (r.ess.numpy() < 20000).all()
+
+
+def test_inexact_posterior_converges_within_reported_error(rng, seed):
+    model = LinearGaussian(rng, D=5, L=3, s=0.7)
+    x = rng.normal(size=(4, 5)) + model.b
+    exact_encode = model.encode
+    model.encode = lambda x: (lambda mu, lv: (mu + 0.3, lv + 0.4))(*exact_encode(x))  # a wider, shifted q
+    gen = torch.Generator().manual_seed(seed)
+    r = mc.log_likelihood(model, x, n_samples=5000, proposal="posterior", chunk_size=1000, generator=gen)
+    err = np.abs(r.log_likelihood.numpy() - model.exact_log_px(x))
+    assert (r.std_error.numpy() > 0).all()
+    assert (err < 5 * r.std_error.numpy() + 1e-3).all(), (err, r.std_error)
+
+
+def test_gmm_as_discrete_latent_matches_score_samples(rng):
+    X = np.concatenate([rng.normal(size=(100, 3)) + c for c in (0.0, 4.0, -4.0)])
+    gmm = genfast.GaussianMixture(n_components=3, covariance_type="diag", random_state=0).fit(X)
+    from scipy.stats import multivariate_normal
+    # log w_k = log pi_k + log N(x | mu_k, S_k) - log(1/K): the mean over all K components is exact
+    log_w = np.stack([np.log(w) + multivariate_normal(mu, np.diag(v)).logpdf(X) + np.log(3)
+                      for w, mu, v in zip(gmm.weights_, gmm.means_, gmm.covariances_)], axis=1)
+    np.testing.assert_allclose(ops.logmeanexp(log_w, 1), gmm.score_samples(X), rtol=1e-10)
+
+
+def test_vae_estimates_are_consistent(seed):
+    model = genfast.VAE(8, 2, hidden=(16,), random_state=seed % 1000)
+    x = (torch.rand(3, 8, generator=torch.Generator().manual_seed(seed)) < 0.5).float()
+    gen = torch.Generator().manual_seed(seed)
+    post = mc.log_likelihood(model, x, 2000, "posterior", chunk_size=512, generator=gen)
+    prior = mc.log_likelihood(model, x, 2000, "prior", chunk_size=512, generator=gen)
+    assert post.log_likelihood.dtype == torch.float32 and post.log_likelihood.shape == (3,)
+    diff = (post.log_likelihood - prior.log_likelihood).abs()
+    assert (diff < 5 * (post.std_error + prior.std_error) + 1e-3).all()
+    # the ELBO (the mean log-weight under q, here over 200 draws) lies below log p(x)
+    elbo = model(x.repeat(200, 1)).detach().reshape(200, 3).mean(0)
+    assert (elbo <= post.log_likelihood + 5 * post.std_error + 0.05).all()
+
+
+# --------------------------------------------------------------------------- torch op
+def test_torch_logmeanexp_opcheck_and_gradcheck(rng):
+    a = torch.from_numpy(rng.normal(size=(4, 7))).requires_grad_()
+    torch.library.opcheck(gt.logmeanexp_rows, (a,))
+    assert torch.autograd.gradcheck(lambda t: gt.logmeanexp(t, 0), (a,))
+    np.testing.assert_allclose(gt.logmeanexp(a).detach().numpy(), reference.logmeanexp_stats(a.detach().numpy())[0])
+
+
+def test_torch_logmeanexp_all_minus_inf_row_has_zero_gradient(rng):
+    a = torch.from_numpy(rng.normal(size=(3, 5)))
+    a[1] = -math.inf
+    a.requires_grad_()
+    out = gt.logmeanexp(a)
+    out[[0, 2]].sum().backward()
+    assert out[1] == -math.inf
+    assert torch.isfinite(a.grad).all() and (a.grad[1] == 0).all()
+    np.testing.assert_allclose(a.grad[0].numpy(), torch.softmax(a.detach()[0], 0).numpy(), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- bad inputs
+def test_bad_inputs_name_the_argument(rng):
+    a = rng.normal(size=(3, 4))
+    with pytest.raises(ValueError, match="dim"):
+        ops.logmeanexp(a, 2)
+    with pytest.raises(ValueError, match="chunk"):
+        mc.LogMeanExp().update(np.full((2, 2), np.nan))
+    for bad in (np.nan, np.inf):
+        b = a.copy()
+        b[1, 2] = bad
+        with pytest.raises(ValueError, match="a contains NaN or \\+infinity"):
+            ops.logmeanexp(b)
+    with pytest.raises(TypeError, match="a must be"):
+        ops.logmeanexp(a.astype(complex))
+    with pytest.raises(ValueError, match="rows"):
+        mc.LogMeanExp().update(a).update(a[:2])
+    with pytest.raises(ValueError, match="update"):
+        mc.LogMeanExp().result()
+    x, out, _, lp, lq = random_decoder_problem(rng, 2, 3, 4, "bernoulli", False, "float64")
+    with pytest.raises(ValueError, match="decoder_out"):
+        ops.log_importance_weights(x, out[:, :, :3], lp, lq)
+    with pytest.raises(ValueError, match="log_prior"):
+        ops.log_importance_weights(x, out, lp[:, :2], lq)
+    for name, arr, bad in (("decoder_out", out, np.nan), ("log_prior", lp, np.inf)):
+        spoilt = arr.copy()
+        spoilt[0, 1] = bad
+        args = {"decoder_out": out, "log_prior": lp} | {name: spoilt}
+        with pytest.raises(ValueError, match="contains NaN or infinity"):
+            ops.log_importance_weights(x, args["decoder_out"], args["log_prior"], lq)
+    with pytest.raises(ValueError, match="likelihood"):
+        ops.log_importance_weights(x, out, lp, lq, likelihood="poisson")
+    model = LinearGaussian(rng)
+    with pytest.raises(ValueError, match="proposal"):
+        mc.log_likelihood(model, x, 10, proposal="uniform")
+    with pytest.raises(ValueError, match="n_samples"):
+        mc.log_likelihood(model, x, 0)
+    with pytest.raises(TypeError, match="a must be"):
+        gt.logmeanexp(a)
