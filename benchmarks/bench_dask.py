@@ -273,11 +273,7 @@ def main(argv=None) -> int:
                            "to the nearest final centre (genfast.ops.kmeans_assign on float64 chunks)",
             }
             record["cases"] = [run_case(client, da, N, D, K, args.peers, args) for N, D, K in sizes]
-    record["loadavg_after"] = H.loadavg()
-    warn_after = H.busy_warning(args.workers * args.threads_per_worker, "at the end of the run")
-    record["warnings"] = [w for w in (warn, warn_after) if w]
-    if warn_after:
-        print("\n" + warn_after)
+    H.close_record(record, args.workers * args.threads_per_worker, warn)
     n_err = sum(r["status"] == "error" for c in record["cases"] for r in c["results"])
     return H.finish(NAME, "cpu", record, n_err, out_dir=args.out, no_json=args.no_json)
 

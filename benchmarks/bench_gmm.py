@@ -947,11 +947,7 @@ def main(argv=None) -> int:
             case = Case(N, D, K, args)
             record["cases"].append(run_case(case, peers, mods, args, rates))
             del case
-        record["loadavg_after"] = H.loadavg()
-        warn_after = H.busy_warning(threads, "at the end of the run")
-        record["warnings"] = [w for w in (warn, warn_after) if w]
-        if warn_after:
-            print("\n" + warn_after)
+        H.close_record(record, threads, warn)
     finally:
         if limiter is not None:
             limiter.restore_original_limits()
