@@ -62,8 +62,9 @@ template <class T> T row_max(const T* a, int64_t n) {
   return best;
 }
 
-/// Adds exp(a_i - shift) and its square over one row of n log-weights to sum and sum_sq: lanes
-/// summed in T for at most kBlock vectors (terms in [0, 1]), then in double.
+/// Adds exp(a_i - shift) and its square over one row of n log-weights, all a_i <= shift and none
+/// NaN, to sum and sum_sq: lanes summed in T for at most kBlock vectors (terms in [0, 1]), then
+/// in double.
 template <class T> void add_shifted_exps(const T* a, int64_t n, T shift, double& sum, double& sum_sq) {
   using V = vec<T>;
   constexpr int64_t kBlock = 16;
@@ -71,7 +72,7 @@ template <class T> void add_shifted_exps(const T* a, int64_t n, T shift, double&
   while (i + kLanes<T> <= n) {
     V block_sum{}, block_sum_sq{};
     for (int64_t k = 0; k < kBlock && i + kLanes<T> <= n; ++k, i += kLanes<T>) {
-      const V w = vmath::exp_approx(simd::load<V>(a + i) - shift);
+      const V w = vmath::exp_nonpositive_approx(simd::load<V>(a + i) - shift);
       block_sum += w;
       block_sum_sq += w * w;
     }
@@ -79,7 +80,7 @@ template <class T> void add_shifted_exps(const T* a, int64_t n, T shift, double&
     sum_sq += lane_sum(block_sum_sq);
   }
   for (; i < n; ++i) {
-    const T w = vmath::exp_approx(T(a[i] - shift));
+    const T w = vmath::exp_nonpositive_approx(T(a[i] - shift));
     sum += w;
     sum_sq += double(w) * w;
   }
@@ -94,8 +95,11 @@ void logmeanexp_update(int64_t B, int64_t m, const T* a, double* max, double* su
     const T* row = a + b * m;
     const T chunk_max = row_max(row, m);
     LogMeanExpState<double> st{max[b], sum[b], sum_sq[b]};
-    // A chunk of zero weights (all -inf) adds nothing; so does one that cannot raise the max.
-    if (chunk_max != -std::numeric_limits<T>::infinity()) {
+    if (!(chunk_max < std::numeric_limits<T>::infinity())) {
+      // A NaN or +inf log-weight spoils the row: NaN sums, which the caller reports.
+      st.sum = st.sum_sq = std::numeric_limits<double>::quiet_NaN();
+    } else if (chunk_max != -std::numeric_limits<T>::infinity()) {
+      // (A chunk of zero weights, all -inf, adds nothing.)
       if (double(chunk_max) > st.max) shift_to(st, double(chunk_max), ScalarExp{});
       // Terms are exp(a - max) with max the state's (at least the chunk's) max: all in [0, 1].
       add_shifted_exps(row, m, T(st.max), st.sum, st.sum_sq);

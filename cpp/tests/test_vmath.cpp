@@ -426,6 +426,44 @@ template <class T> bool check_log1p_reciprocal_unit(bool full) {
   return bad == 0;
 }
 
+/// exp_nonpositive_approx over x in [flush_lo, 0] (every float with --full, else a strided
+/// sweep; a double sweep), scalar and native-vector forms: under 1.1 ulp (r = x - n ln2 is
+/// rounded once more than in exp_approx); below flush_lo and at
+/// -inf, in [0, e^flush_lo] (up to that bound's rounding).
+template <class T> bool check_exp_nonpositive(bool full) {
+  using V = simd::vec_t<T>;
+  constexpr int lanes = simd::vector<T>::lanes;
+  const T lo = vm::detail::consts<T>::flush_lo;
+  std::vector<T> inputs;
+  const uint64_t patterns = sizeof(T) == 4 ? (full ? uint64_t(1) << 31 : uint64_t(1) << 24) : uint64_t(1) << 23;
+  for (uint64_t i = 0; i <= patterns; ++i) inputs.push_back(T(LD(lo) * LD(i) / LD(patterns)));
+  for (const T x : {T(0), T(-0.0), lo, std::nextafter(lo, T(0)), std::nextafter(lo, T(-1)), T(2 * lo), T(-1e30),
+                    -std::numeric_limits<T>::infinity()})
+    inputs.push_back(x);
+  while (inputs.size() % lanes) inputs.push_back(T(-1));
+  double worst = 0;
+  T at = 0;
+  uint64_t bad = 0;
+  for (size_t base = 0; base < inputs.size(); base += lanes) {
+    const V y_vec = vm::exp_nonpositive_approx(simd::load<V>(inputs.data() + base));
+    for (int l = 0; l < lanes; ++l) {
+      const T x = inputs[base + l];
+      for (const T y : {T(y_vec[l]), vm::exp_nonpositive_approx(x)}) {
+        if (x < lo) {
+          bad += !(y >= 0 && LD(y) <= std::exp(LD(lo)) * (1 + 8 * LD(std::numeric_limits<T>::epsilon())));
+          continue;
+        }
+        const double e = ulp_error(y, std::exp(LD(x)));
+        if (!(e <= worst)) worst = e, at = x;
+        bad += !(e <= 1.1);
+      }
+    }
+  }
+  std::printf("exp_nonpositive_approx %-6s max %.3f ulp at x = %-+14.8Lg (%zu inputs): %" PRIu64
+              " over the bound  %s\n", type_name<T>(), worst, LD(at), inputs.size(), bad, bad == 0 ? "ok" : "FAIL");
+  return bad == 0;
+}
+
 // ---- throughput -------------------------------------------------------------------------
 
 template <class F> double best_ns_per_elem(F f, size_t n, int reps) {
@@ -499,6 +537,8 @@ int main(int argc, char** argv) {
   }
   ok = check_log1p_reciprocal_unit<float>(full) && ok;
   ok = check_log1p_reciprocal_unit<double>(full) && ok;
+  ok = check_exp_nonpositive<float>(full) && ok;
+  ok = check_exp_nonpositive<double>(full) && ok;
   if (do_bench) {
     bench<float>();
     bench<double>();

@@ -48,6 +48,10 @@
 
 #include "genfast/simd.hpp"
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 /// The public functions are forced inline: a non-inlined call would pass whole vectors
 /// through memory/registers per call and hide the code from the loop optimiser.
 #define GENFAST_VMATH_INLINE inline __attribute__((always_inline))
@@ -90,6 +94,7 @@ template <> struct consts<float> {
   static constexpr float ln2_lo = 0x1.7f7d1cp-20f;  ///< ln2 - ln2_hi, rounded
   static constexpr float exp_lo = -104.0f;  ///< exp(x) < 2^-150 below: rounds to +0
   static constexpr float exp_hi = 89.0f;    ///< exp(x) > FLT_MAX above: rounds to +inf
+  static constexpr float flush_lo = -86.0f;   ///< exp_nonpositive_approx's clamp (n >= -124)
   static constexpr float sqrt_half = 0x1.6a09e6p-1f;  ///< sqrt(2)/2 (rounded)
   static constexpr float subnormal_scale = 0x1p24f;   ///< lifts every subnormal to a normal
   static constexpr float subnormal_log2 = 24.0f;
@@ -106,6 +111,7 @@ template <> struct consts<double> {
   static constexpr double ln2_lo = -0x1.718432a1b0e26p-35;  ///< ln2 - ln2_hi, rounded
   static constexpr double exp_lo = -746.0;  ///< exp(x) < 2^-1075 below: rounds to +0
   static constexpr double exp_hi = 710.0;   ///< exp(x) > DBL_MAX above: rounds to +inf
+  static constexpr double flush_lo = -700.0;  ///< exp_nonpositive_approx's clamp (n >= -1010)
   static constexpr double sqrt_half = 0x1.6a09e667f3bcdp-1;
   static constexpr double subnormal_scale = 0x1p54;
   static constexpr double subnormal_log2 = 54.0;
@@ -152,6 +158,31 @@ template <class M, class V> inline V select(M mask, V a, V b) {
   }
 }
 
+/// max(x, lo) for x not NaN: one vmaxps/vmaxpd on AVX-512 registers (GCC turns the select
+/// into a compare and a masked move), a select elsewhere.
+template <class V> inline V max_not_nan(V x, typename lane_traits<V>::elem lo) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<V, simd::vec_t<float>> && sizeof(V) == 64)
+    return V(_mm512_max_ps(__m512(x), __m512(splat<V>(lo))));
+  if constexpr (std::is_same_v<V, simd::vec_t<double>> && sizeof(V) == 64)
+    return V(_mm512_max_pd(__m512d(x), __m512d(splat<V>(lo))));
+#endif
+  return select(x < splat<V>(lo), splat<V>(lo), x);
+}
+
+/// p 2^n for integer-valued n (also given as the integer lanes n_u) with p 2^n normal: one
+/// vscalefps/pd on AVX-512 registers, an add to p's exponent bits elsewhere.
+template <class V> inline V scale_pow2(V p, V n, typename lane_traits<V>::uint_type n_u) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<V, simd::vec_t<float>> && sizeof(V) == 64)
+    return V(_mm512_scalef_ps(__m512(p), __m512(n)));
+  if constexpr (std::is_same_v<V, simd::vec_t<double>> && sizeof(V) == 64)
+    return V(_mm512_scalef_pd(__m512d(p), __m512d(n)));
+#endif
+  (void)n;
+  return from_bits<V>(to_bits(p) + (n_u << consts<typename lane_traits<V>::elem>::mant_bits));
+}
+
 /// 2^k for integer k (as the wrapped unsigned lanes k_u), normal range only:
 /// bits(2^k) = (k + bias) << mant_bits.
 template <class V> inline V pow2i(typename lane_traits<V>::uint_type k_u) {
@@ -186,6 +217,29 @@ template <class V> inline split_t<V> split_exponent(V u) {
               splat<V>(C::shifter);
   // Sterbenz: m in [1/2, 2], so m - 1 is exact
   return {m - splat<V>(E(1)), e, e_biased};
+}
+
+/// Q(r) = (e^r - 1 - r) / r^2 on |r| <= ln2/2: Remez fit (relative error of e^r).
+template <class V> inline V exp_tail(V r) {
+  using E = typename lane_traits<V>::elem;
+  if constexpr (std::is_same_v<E, float>) {
+    // Horner, degree 6 in total
+    return splat<V>(0.49999994f) +
+           r * (splat<V>(0.166665196f) +
+                r * (splat<V>(0.0416684002f) +
+                     r * (splat<V>(0.00836885069f) + r * splat<V>(0.00138143206f))));
+  } else {
+    // Estrin, degree 11 in total
+    const V r2 = r * r;
+    const V r4 = r2 * r2;
+    const V r8 = r4 * r4;
+    const V q01 = splat<V>(0.50000000000000111) + r * splat<V>(0.16666666666666408);
+    const V q23 = splat<V>(0.041666666666528102) + r * splat<V>(0.0083333333334969228);
+    const V q45 = splat<V>(0.0013888888944249187) + r * splat<V>(0.00019841269502740908);
+    const V q67 = splat<V>(0.000024801492388293636) + r * splat<V>(0.0000027557588421289217);
+    const V q89 = splat<V>(0.00000027630523467353602) + r * splat<V>(0.00000002499985827047285);
+    return ((q01 + r2 * q23) + r4 * (q45 + r2 * q67)) + r8 * q89;
+  }
 }
 
 /// R(z) = 2 atanh(s)/s - 2 with z = s^2 in [0, (3 - 2 sqrt2)^2]: Remez fit z * P(z).
@@ -235,26 +289,9 @@ template <class V> GENFAST_VMATH_INLINE V exp_approx(V x) {
   const V r_lo = n * splat<V>(C::ln2_lo);
   const V r = r_hi - r_lo;
 
-  // exp(r) = 1 + r + r^2 Q(r) on |r| <= ln2/2, Q from a relative-error Remez fit
+  // exp(r) = 1 + r + r^2 Q(r) on |r| <= ln2/2
   const V r2 = r * r;
-  V q;
-  if constexpr (std::is_same_v<E, float>) {
-    // Horner, degree 6 in total
-    q = splat<V>(0.49999994f) +
-        r * (splat<V>(0.166665196f) +
-             r * (splat<V>(0.0416684002f) +
-                  r * (splat<V>(0.00836885069f) + r * splat<V>(0.00138143206f))));
-  } else {
-    // Estrin, degree 11 in total
-    const V r4 = r2 * r2;
-    const V r8 = r4 * r4;
-    const V q01 = splat<V>(0.50000000000000111) + r * splat<V>(0.16666666666666408);
-    const V q23 = splat<V>(0.041666666666528102) + r * splat<V>(0.0083333333334969228);
-    const V q45 = splat<V>(0.0013888888944249187) + r * splat<V>(0.00019841269502740908);
-    const V q67 = splat<V>(0.000024801492388293636) + r * splat<V>(0.0000027557588421289217);
-    const V q89 = splat<V>(0.00000027630523467353602) + r * splat<V>(0.00000002499985827047285);
-    q = ((q01 + r2 * q23) + r4 * (q45 + r2 * q67)) + r8 * q89;
-  }
+  const V q = detail::exp_tail(r);
   // p = 1 + (r_hi + (r^2 Q - n ln2_lo)): the rounding of r only enters through r^2 Q
   const V p = splat<V>(E(1)) + (r_hi + (r2 * q - r_lo));
 
@@ -264,6 +301,29 @@ template <class V> GENFAST_VMATH_INLINE V exp_approx(V x) {
   const U n1 = ((n_u + detail::splat<U>(UL(2048))) >> 1) - detail::splat<U>(UL(1024));
   const U n2 = n_u - n1;
   return (p * detail::pow2i<V>(n1)) * detail::pow2i<V>(n2);
+}
+
+/// e^x for x <= 0 (or -inf), the terms of a max-shifted sum such as a log-sum-exp: about half
+/// the work of exp_approx (no overflow or gradual-underflow handling), for a result that only
+/// matters relative to a sum of at least 1. Max error < 1.1 ulp for x >= flush_lo (-86 float,
+/// -700 double); below, and at -inf, the result is some value in [0, e^flush_lo], which moves
+/// such a sum by less than 2^-124 per term. NaN and x > 0 are not handled: check for them first.
+template <class V> GENFAST_VMATH_INLINE V exp_nonpositive_approx(V x) {
+  using E = typename lane_traits<V>::elem;
+  using C = detail::consts<E>;
+  using U = typename lane_traits<V>::uint_type;
+  using detail::splat;
+
+  // max(x, flush_lo) keeps n >= -124 (float) / -1010 (double): p 2^n stays normal
+  x = detail::max_not_nan(x, C::flush_lo);
+  // n = round(x / ln2) held in the low mantissa bits of big
+  const V big = x * splat<V>(C::log2e) + splat<V>(C::shifter);
+  const V n = big - splat<V>(C::shifter);
+  // Cody-Waite: r = (x - n ln2_hi) - n ln2_lo, the first product exact with or without FMA
+  const V r = (x - n * splat<V>(C::ln2_hi)) - n * splat<V>(C::ln2_lo);
+  const V p = splat<V>(E(1)) + (r + r * r * detail::exp_tail(r));
+  // n as integer lanes: its two's complement sits in the low bits of big
+  return detail::scale_pow2(p, n, detail::to_bits(big) - detail::splat<U>(detail::to_bits(C::shifter)));
 }
 
 /// Natural logarithm, branch-free, for V = float, double or a GCC vector of them.
