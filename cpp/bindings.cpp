@@ -331,6 +331,20 @@ void mc_logmeanexp_finish(double n_samples, const carray<double>& max, const car
 }
 
 template <class T>
+void mc_logmeanexp(const carray<T>& a, carray<T>& log_mean, carray<T>& ess, carray<T>& std_error) {
+  require(a.ndim() == 2, "a must be 2-d (B, M)");
+  require(a.shape(1) >= 1, "a must have at least one sample per row");
+  const py::ssize_t B = a.shape(0);
+  require_shape(log_mean, "log_mean", {B});
+  require_shape(ess, "ess", {B});
+  require_shape(std_error, "std_error", {B});
+  const T* in = a.data();
+  T *lm = log_mean.mutable_data(), *e = ess.mutable_data(), *se = std_error.mutable_data();
+  py::gil_scoped_release release;
+  genfast::mc::logmeanexp<T>(B, a.shape(1), in, lm, e, se);
+}
+
+template <class T>
 void mc_log_importance_weights(const carray<T>& x, const carray<T>& decoder_out,
                                const optional_array<T>& decoder_logvar, const std::string& likelihood,
                                double fixed_logvar, const carray<T>& log_prior, const carray<T>& log_proposal,
@@ -362,6 +376,8 @@ template <class T> void bind_mc(py::module_& m) {
   m.def("mc_logmeanexp_finish", &mc_logmeanexp_finish<T>, py::arg("n_samples"), array("max"), array("sum"),
         array("sum_sq"), array("log_mean"), array("ess"), array("std_error"),
         "Per-row log mean exp, effective sample size and standard error from the running state.");
+  m.def("mc_logmeanexp", &mc_logmeanexp<T>, array("a"), array("log_mean"), array("ess"), array("std_error"),
+        "Per-row log mean exp, effective sample size and standard error of a (B, M), in one pass.");
   m.def("mc_log_importance_weights", &mc_log_importance_weights<T>, array("x"), array("decoder_out"),
         py::arg("decoder_logvar").noconvert() = py::none(), py::arg("likelihood") = "bernoulli",
         py::arg("fixed_logvar") = 0.0, array("log_prior"), array("log_proposal"), array("log_w"),

@@ -86,24 +86,38 @@ template <class T> void add_shifted_exps(const T* a, int64_t n, T shift, double&
   }
 }
 
+/// Adds one row of m log-weights to its state.
+template <class T> void update_row(const T* row, int64_t m, LogMeanExpState<double>& st) {
+  const T chunk_max = row_max(row, m);
+  if (!(chunk_max < std::numeric_limits<T>::infinity())) {
+    // A NaN or +inf log-weight spoils the row: NaN sums, which the caller reports.
+    st.sum = st.sum_sq = std::numeric_limits<double>::quiet_NaN();
+  } else if (chunk_max != -std::numeric_limits<T>::infinity()) {
+    // (A chunk of zero weights, all -inf, adds nothing.)
+    if (double(chunk_max) > st.max) shift_to(st, double(chunk_max), ScalarExp{});
+    // Terms are exp(a - max) with max the state's (at least the chunk's) max: all in [0, 1].
+    add_shifted_exps(row, m, T(st.max), st.sum, st.sum_sq);
+  }
+}
+
+/// Writes row b's estimates from its state.
+template <class T>
+void write_summary(const LogMeanExpState<double>& st, double n_samples, int64_t b, T* log_mean, T* ess, T* std_error) {
+  const auto r = summarise(st, n_samples, ScalarLog{}, ScalarSqrt{});
+  log_mean[b] = T(r.log_mean), ess[b] = T(r.ess), std_error[b] = T(r.std_error);
+}
+
+/// Log-weights below which one thread beats an OpenMP region's fork and join.
+constexpr int64_t kMinParallelValues = 1 << 14;
+
 }  // namespace
 
 template <class T>
 void logmeanexp_update(int64_t B, int64_t m, const T* a, double* max, double* sum, double* sum_sq) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (B * m >= kMinParallelValues)
   for (int64_t b = 0; b < B; ++b) {
-    const T* row = a + b * m;
-    const T chunk_max = row_max(row, m);
     LogMeanExpState<double> st{max[b], sum[b], sum_sq[b]};
-    if (!(chunk_max < std::numeric_limits<T>::infinity())) {
-      // A NaN or +inf log-weight spoils the row: NaN sums, which the caller reports.
-      st.sum = st.sum_sq = std::numeric_limits<double>::quiet_NaN();
-    } else if (chunk_max != -std::numeric_limits<T>::infinity()) {
-      // (A chunk of zero weights, all -inf, adds nothing.)
-      if (double(chunk_max) > st.max) shift_to(st, double(chunk_max), ScalarExp{});
-      // Terms are exp(a - max) with max the state's (at least the chunk's) max: all in [0, 1].
-      add_shifted_exps(row, m, T(st.max), st.sum, st.sum_sq);
-    }
+    update_row(a + b * m, m, st);
     max[b] = st.max, sum[b] = st.sum, sum_sq[b] = st.sum_sq;
   }
 }
@@ -111,10 +125,17 @@ void logmeanexp_update(int64_t B, int64_t m, const T* a, double* max, double* su
 template <class T>
 void logmeanexp_finish(int64_t B, double n_samples, const double* max, const double* sum, const double* sum_sq,
                        T* log_mean, T* ess, T* std_error) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (B >= kMinParallelValues)
+  for (int64_t b = 0; b < B; ++b)
+    write_summary(LogMeanExpState<double>{max[b], sum[b], sum_sq[b]}, n_samples, b, log_mean, ess, std_error);
+}
+
+template <class T> void logmeanexp(int64_t B, int64_t M, const T* a, T* log_mean, T* ess, T* std_error) {
+#pragma omp parallel for schedule(static) if (B * M >= kMinParallelValues)
   for (int64_t b = 0; b < B; ++b) {
-    const auto r = summarise(LogMeanExpState<double>{max[b], sum[b], sum_sq[b]}, n_samples, ScalarLog{}, ScalarSqrt{});
-    log_mean[b] = T(r.log_mean), ess[b] = T(r.ess), std_error[b] = T(r.std_error);
+    LogMeanExpState<double> st{-std::numeric_limits<double>::infinity(), 0, 0};
+    update_row(a + b * M, M, st);
+    write_summary(st, double(M), b, log_mean, ess, std_error);
   }
 }
 
@@ -173,6 +194,7 @@ void log_importance_weights(int64_t B, int64_t m, int64_t D, elbo::Likelihood li
 #define GENFAST_MC_INSTANTIATE(T)                                                                              \
   template void logmeanexp_update<T>(int64_t, int64_t, const T*, double*, double*, double*);                  \
   template void logmeanexp_finish<T>(int64_t, double, const double*, const double*, const double*, T*, T*, T*); \
+  template void logmeanexp<T>(int64_t, int64_t, const T*, T*, T*, T*);                                          \
   template void log_importance_weights<T>(int64_t, int64_t, int64_t, elbo::Likelihood, const T*, const T*,    \
                                           const T*, double, const T*, const T*, T*);
 GENFAST_MC_INSTANTIATE(float)

@@ -21,6 +21,10 @@ template <class T>
 void logmeanexp_finish(int64_t B, double n_samples, const double* max, const double* sum, const double* sum_sq,
                        T* log_mean, T* ess, T* std_error);
 
+/// The same estimates for M log-weights per row given at once, in one pass over a [B, M]
+/// (rows over OpenMP threads): logmeanexp_update from an empty state, then logmeanexp_finish.
+template <class T> void logmeanexp(int64_t B, int64_t M, const T* a, T* log_mean, T* ess, T* std_error);
+
 /// Log importance weights without [B, m, D] temporaries:
 ///   log_w[b, j] = sum_d log p(x[b, d] | decoder_out[b, j, d]) + log_prior[b, j] - log_proposal[b, j].
 /// @param[in]  x               [B, D]

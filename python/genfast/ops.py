@@ -575,15 +575,21 @@ def logmeanexp_stats(a, dim: int = -1):
     moved = a.movedim(dim, -1) if be.is_torch(a) else np.moveaxis(np.asarray(a), dim, -1)
     out_shape = tuple(moved.shape[:-1])
     rows, place = _rows_2d("a", moved.reshape(-1, moved.shape[-1]))
-    acc = _LogMeanExpState(rows.shape[0])
-    acc.update(rows)
-    return tuple(r.reshape(out_shape) for r in acc.result(place, be.dtype_name(rows)))
+    outs = [be.empty(place, rows.shape[:1], be.dtype_name(rows)) for _ in range(3)]
+    be._core.mc_logmeanexp(be.host_view(rows), *(be.host_view(o) for o in outs))
+    # A NaN or +inf log-weight makes its row's log_mean NaN (a check over B values, not B M).
+    if np.isnan(be.host_view(outs[0])).any():
+        raise ValueError(_NAN_LOG_WEIGHT.format(name="a"))
+    return tuple(r.reshape(out_shape) for r in outs)
 
 
 def logmeanexp(a, dim: int = -1):
     """log((1/M) sum_i exp(a_i)) along `dim` (M = a.shape[dim]), in one streaming pass; a slice
     that is all -inf gives -inf. Not differentiable: use genfast.torch.logmeanexp for autograd."""
     return logmeanexp_stats(a, dim)[0]
+
+
+_NAN_LOG_WEIGHT = "{name} contains NaN or +infinity (log-weights may be -inf, never NaN or +inf)"
 
 
 class _LogMeanExpState:
@@ -606,7 +612,7 @@ class _LogMeanExpState:
         be._core.mc_logmeanexp_update(host, self.max, self.sum, self.sum_sq)
         self.n_samples += host.shape[1]
         if not np.isfinite(self.sum).all():
-            raise ValueError(f"{name} contains NaN or +infinity (log-weights may be -inf, never NaN or +inf)")
+            raise ValueError(_NAN_LOG_WEIGHT.format(name=name))
 
     def result(self, place, dtype):
         """(log_mean, ess, std_error), each (n_rows,), placed as `place` in `dtype`."""
