@@ -192,6 +192,38 @@ def test_vae_estimates_are_consistent(seed):
     assert (elbo <= post.log_likelihood + 5 * post.std_error + 0.05).all()
 
 
+def chunked_draws(seed, B, M, L, chunk_size, dtype):
+    """The standard normal draws genfast.mc.log_likelihood makes from a generator seeded with
+    `seed`: (B, m, L) per chunk, concatenated to (B, M, L)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.randn((B, min(chunk_size, M - s), L), generator=gen, dtype=dtype)
+                      for s in range(0, M, chunk_size)], dim=1)
+
+
+@pytest.mark.parametrize("proposal", mc.PROPOSALS)
+@pytest.mark.parametrize("M, chunk_size", [(1, 4), (37, 8), (64, 64), (50, 1)])
+def test_vae_estimate_matches_reference_on_the_same_draws(seed, proposal, M, chunk_size):
+    model = genfast.VAE(9, 3, hidden=(12,), random_state=seed % 1000)
+    x = (torch.rand(5, 9, generator=torch.Generator().manual_seed(seed)) < 0.4).float()
+    got = mc.log_likelihood(model, x, M, proposal, chunk_size=chunk_size,
+                            generator=torch.Generator().manual_seed(seed))
+    want = reference.log_likelihood(model, x, chunked_draws(seed, 5, M, 3, chunk_size, torch.float32), proposal)
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float32 and g.shape == (5,)
+        np.testing.assert_allclose(g.numpy(), w, rtol=2e-4, atol=2e-4)
+
+
+def test_linear_gaussian_estimate_matches_reference_float64(rng, seed):
+    model = LinearGaussian(rng)
+    x = rng.normal(size=(3, 6)) + model.b
+    exact_encode = model.encode
+    model.encode = lambda x: (lambda mu, lv: (mu - 0.2, lv + 0.3))(*exact_encode(x))
+    got = mc.log_likelihood(model, x, 300, "posterior", chunk_size=64, generator=torch.Generator().manual_seed(seed))
+    want = reference.log_likelihood(model, x, chunked_draws(seed, 3, 300, 3, 64, torch.float64), "posterior")
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.numpy(), w, rtol=1e-10)
+
+
 # --------------------------------------------------------------------------- torch op
 def test_torch_logmeanexp_opcheck_and_gradcheck(rng):
     a = torch.from_numpy(rng.normal(size=(4, 7))).requires_grad_()

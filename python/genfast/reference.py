@@ -316,3 +316,40 @@ def log_importance_weights(x, decoder_out, log_prior, log_proposal, likelihood="
         logvar_j = None if decoder_logvar is None else np.asarray(decoder_logvar, dtype=np.float64)[:, j]
         columns.append(_reconstruction(x, decoder_out[:, j], likelihood, logvar_j, variance)[0])
     return np.stack(columns, axis=1) + np.asarray(log_prior, np.float64) - np.asarray(log_proposal, np.float64)
+
+
+def log_likelihood(model, x, eps, proposal="posterior"):
+    """The obvious Monte Carlo estimate of log p(x) per row, with all M draws at once in float64
+    (genfast.mc.log_likelihood streams them in chunks): z = eps (proposal 'prior') or
+    z = mu + exp(logvar / 2) eps with (mu, logvar) = model.encode(x) ('posterior'), for given
+    standard normal draws eps (B, M, L); log w = log p(x | z) + log p(z) - log r(z).
+    Returns (log_likelihood, std_error, ess), each (B,). The model runs in torch (its own dtype)."""
+    import torch
+
+    eps = np.asarray(eps, dtype=np.float64)
+    B, M, L = eps.shape
+    with torch.no_grad():
+        mu_t, logvar_t = model.encode(torch.as_tensor(x))
+    mu, logvar = (np.asarray(t.cpu(), dtype=np.float64) for t in (mu_t, logvar_t))
+
+    def log_standard_normal(v):
+        return -0.5 * (v**2).sum(-1) - 0.5 * L * np.log(2 * np.pi)
+
+    if proposal == "prior":
+        z = eps
+        log_prior = log_proposal = log_standard_normal(eps)
+    else:
+        z = mu[:, None, :] + np.exp(0.5 * logvar)[:, None, :] * eps
+        log_prior = log_standard_normal(z)
+        # q(z | x) = N(mu, diag(exp(logvar))): the density of eps less the log-scale of z
+        log_proposal = log_standard_normal(eps) - 0.5 * logvar.sum(-1)[:, None]
+    with torch.no_grad():
+        out, out_logvar = model.decode(torch.as_tensor(z.reshape(B * M, L), dtype=mu_t.dtype))
+    D = out.shape[-1]
+    out = np.asarray(out.cpu(), dtype=np.float64).reshape(B, M, D)
+    out_logvar = None if out_logvar is None else np.asarray(out_logvar.cpu(), dtype=np.float64).reshape(B, M, D)
+    variance = getattr(model, "variance", None) if model.likelihood == "gaussian" and out_logvar is None else None
+    x = np.asarray(torch.as_tensor(x).cpu(), dtype=np.float64).reshape(B, D)
+    log_w = log_importance_weights(x, out, log_prior, log_proposal, model.likelihood, out_logvar, variance)
+    log_mean, ess, std_error = logmeanexp_stats(log_w)
+    return log_mean, std_error, ess
