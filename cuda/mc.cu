@@ -15,12 +15,7 @@
 namespace genfast::mc::gpu {
 namespace {
 
-using genfast::gpu::check_launch;
-using genfast::gpu::DeviceExp;
-using genfast::gpu::DeviceLog1pReciprocal;
-using genfast::gpu::grid_for;
-using genfast::gpu::kWarp;
-using genfast::gpu::warp_sum;
+using namespace genfast::gpu;  // check_launch, grid_for and device_math.cuh's exp, log1p and warp sum
 
 /// Threads per block of every kernel here.
 constexpr int kThreads = 256;

@@ -18,7 +18,16 @@ import math
 import numpy as np
 import pytest
 from conftest import as_kind, check_kind, to_np
-from test_mc import DTYPES, RTOL, LinearGaussian, assert_stats_match, random_decoder_problem, random_log_weights
+from test_mc import (
+    DTYPES,
+    RTOL,
+    LinearGaussian,
+    assert_stats_match,
+    check_all_minus_inf_row_has_zero_gradient,
+    check_torch_logmeanexp_op,
+    random_decoder_problem,
+    random_log_weights,
+)
 
 import genfast
 from genfast import _backend as be
@@ -270,27 +279,12 @@ def test_mixed_devices_name_the_argument(rng, seed):
 
 
 # --------------------------------------------------------------------------- torch op
-def test_torch_logmeanexp_opcheck_and_gradcheck(rng, seed):
-    a = torch.from_numpy(rng.normal(size=(4, 7))).cuda().requires_grad_()
-    torch.library.opcheck(gt.logmeanexp_rows, (a,))
-    assert torch.autograd.gradcheck(lambda t: gt.logmeanexp(t, 0), (a,))
-    assert torch.autograd.gradcheck(lambda t: gt.logmeanexp(t, 1), (a,))
-    got = gt.logmeanexp(a)
-    assert got.device == a.device
-    np.testing.assert_allclose(to_np(got), reference.logmeanexp_stats(to_np(a))[0], rtol=1e-12,
-                               err_msg=f"seed={seed}")
+def test_torch_logmeanexp_opcheck_and_gradcheck(rng):
+    check_torch_logmeanexp_op(torch.from_numpy(rng.normal(size=(4, 7))).cuda().requires_grad_())
 
 
-def test_torch_logmeanexp_all_minus_inf_row_has_zero_gradient(rng, seed):
-    a = torch.from_numpy(rng.normal(size=(3, 1500))).cuda()
-    a[1] = -math.inf
-    a.requires_grad_()
-    out = gt.logmeanexp(a)
-    out[[0, 2]].sum().backward()
-    assert out[1] == -math.inf
-    assert torch.isfinite(a.grad).all() and (a.grad[1] == 0).all()
-    np.testing.assert_allclose(to_np(a.grad[0]), to_np(torch.softmax(a.detach()[0], 0)), rtol=1e-12,
-                               err_msg=f"seed={seed}")
+def test_torch_logmeanexp_all_minus_inf_row_has_zero_gradient(rng):
+    check_all_minus_inf_row_has_zero_gradient(torch.from_numpy(rng.normal(size=(3, 1500))).cuda())
 
 
 # --------------------------------------------------------------------------- genfast.mc on CUDA
