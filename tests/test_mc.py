@@ -108,6 +108,23 @@ def test_log_importance_weights_writes_every_output(rng):
     np.testing.assert_allclose(log_w, reference.log_importance_weights(x, out, lp, lq), rtol=1e-12)
 
 
+def test_numpy_and_cpu_tensor_chunks_mix(rng):
+    a = random_log_weights(rng, 4, 30, "float64")
+    r = mc.LogMeanExp().update(a[:, :10]).update(torch.from_numpy(a[:, 10:])).result()
+    assert isinstance(r.log_likelihood, np.ndarray)  # the first chunk's placement
+    assert_stats_match((r.log_likelihood, r.ess, r.std_error), reference.logmeanexp_stats(a), "float64")
+
+
+def test_log_importance_weights_shape_errors_name_the_argument(rng):
+    x, out, logvar, lp, lq = random_decoder_problem(rng, 2, 3, 4, "gaussian", True, "float64")
+    for name, bad in (("decoder_logvar", logvar[:, :2]), ("log_proposal", lq[:1]), ("x", x[0])):
+        args = {"x": x, "decoder_out": out, "decoder_logvar": logvar, "log_prior": lp, "log_proposal": lq,
+                name: bad}
+        with pytest.raises(ValueError, match=f"^{name} must"):
+            ops.log_importance_weights(args["x"], args["decoder_out"], args["log_prior"], args["log_proposal"],
+                                       likelihood="gaussian", decoder_logvar=args["decoder_logvar"])
+
+
 # --------------------------------------------------------------------------- exact models
 class LinearGaussian:
     """p(z) = N(0, I_L), p(x | z) = N(W z + b, s^2 I_D) with W = Q diag(c) (orthonormal Q), so the
