@@ -1,16 +1,20 @@
 #!/usr/bin/env python
-"""Monte Carlo likelihood benchmark (CPU, float32), every peer on the same tensors in one run:
+"""Monte Carlo likelihood benchmark (float32, CPU or CUDA), every peer on the same tensors in one run:
 
 1. log-mean-exp of log-weights [B, M]: genfast.ops.logmeanexp against torch.logsumexp - log M
-   (eager and torch.compile) and scipy.special.logsumexp;
+   (eager and torch.compile) and scipy.special.logsumexp (CPU only);
 2. log importance weights from decoder Bernoulli logits [B, m, D], x [B, D], log p(z) and
    log q(z | x) [B, m]: genfast.ops.log_importance_weights (fused, no [B, m, D] temporaries)
    against the torch composite (-BCE-with-logits summed over D, + log p(z) - log q(z | x)).
 
     python benchmarks/bench_mc.py            # B=1024 M=4096; B=256 m=256 D=784 (issue 5)
     python benchmarks/bench_mc.py --quick    # smaller, a few seconds
+    python benchmarks/bench_mc.py --device cuda  # the same on the GPU (needs torch with CUDA)
 
-Writes benchmarks/results/mc-cpu-<UTC timestamp>.json and mc-cpu-latest.json.
+On CUDA, genfast.ops.logmeanexp's time includes its one device-to-host copy (the NaN/+inf
+check); the weights are timed with their check too (check_finite=True, one copy).
+
+Writes benchmarks/results/mc-<device>-<UTC timestamp>.json and mc-<device>-latest.json.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ NAME = "mc"
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="B=256 M=1024; B=64 m=64 D=784")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats, median reported (default 15)")
     p.add_argument("--threads", type=int, default=None, help="threads for every peer (default: all usable)")
     p.add_argument("--out", default=str(H.RESULTS_DIR), help="folder for the JSON results")
@@ -43,29 +48,37 @@ def main(argv=None) -> int:
 
     from genfast import ops
 
+    if args.device == "cuda":
+        why = H.cuda_skip_reason(torch)
+        if why:
+            print(f"skipping: {why}")
+            return 0
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if args.device == "cuda" else None
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     repeats = args.repeats or (5 if args.quick else 15)
     (B, M), (Bw, m, D) = ((256, 1024), (64, 64, 784)) if args.quick else ((1024, 4096), (256, 256, 784))
     warn = H.busy_warning(threads)
     limiter = H.limit_threads(threads)
-    record = H.base_record(NAME, "cpu")
+    record = H.base_record(NAME, args.device)
     record["settings"] = {"threads": threads, "repeats": repeats, "logmeanexp": [B, M], "weights": [Bw, m, D]}
     record["cases"], errors = [], 0
     g = torch.Generator().manual_seed(0)
 
-    a = 10 * torch.randn(B, M, generator=g)
-    a_np = a.numpy()
+    a = (10 * torch.randn(B, M, generator=g)).to(device)
+    a_np = a.cpu().numpy()
     log_m = math.log(M)
     compiled = torch.compile(lambda t: torch.logsumexp(t, 1) - log_m)
     lme = {"genfast": lambda: ops.logmeanexp(a),
            "torch": lambda: torch.logsumexp(a, 1) - log_m,
-           "torch.compile": lambda: compiled(a),
-           "scipy": lambda: scipy.special.logsumexp(a_np, axis=1) - log_m}
+           "torch.compile": lambda: compiled(a)}
+    if args.device == "cpu":
+        lme["scipy"] = lambda: scipy.special.logsumexp(a_np, axis=1) - log_m
 
-    x = (torch.rand(Bw, D, generator=g) < 0.3).float()
-    logits = 3 * torch.randn(Bw, m, D, generator=g)
-    log_prior, log_q = torch.randn(Bw, m, generator=g), torch.randn(Bw, m, generator=g)
+    x = (torch.rand(Bw, D, generator=g) < 0.3).float().to(device)
+    logits = (3 * torch.randn(Bw, m, D, generator=g)).to(device)
+    log_prior, log_q = torch.randn(Bw, m, generator=g).to(device), torch.randn(Bw, m, generator=g).to(device)
     F = torch.nn.functional
 
     def torch_weights():
@@ -81,8 +94,8 @@ def main(argv=None) -> int:
         rows = []
         for peer, fn in peers.items():
             try:
-                t = H.time_call(fn, repeats=repeats, warmup=2)
-                out = np.asarray(t.output, dtype=np.float64)
+                t = H.time_call(fn, repeats=repeats, warmup=2, sync=sync)
+                out = np.asarray(t.output.cpu() if torch.is_tensor(t.output) else t.output, dtype=np.float64)
                 reference = out if reference is None else reference
                 row = {"case": case, "peer": peer, "median_s": t.median, "min_s": t.min,
                        "GB_per_s": nbytes / t.median / 1e9, "compile_or_warmup_s": max(t.warmup),
@@ -102,7 +115,7 @@ def main(argv=None) -> int:
     if limiter is not None:
         limiter.restore_original_limits()
     H.close_record(record, threads, warn)
-    return H.finish(NAME, "cpu", record, errors, out_dir=args.out, no_json=args.no_json)
+    return H.finish(NAME, args.device, record, errors, out_dir=args.out, no_json=args.no_json)
 
 
 if __name__ == "__main__":

@@ -46,10 +46,6 @@ template <class V> double lane_sum(V v) {
   return s;
 }
 
-/// The larger of u and v, NaN once either is NaN (so that a NaN in a chunk reaches the sums,
-/// where the caller detects it).
-template <class V> V max_keeping_nan(V u, V v) { return (v > u) | (v != v) ? v : u; }
-
 /// max_i a_i of a row of n >= 1 values (-inf when all are -inf, NaN when one is NaN).
 template <class T> T row_max(const T* a, int64_t n) {
   using V = vec<T>;

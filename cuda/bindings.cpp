@@ -16,10 +16,12 @@
 #include "gmm.cuh"
 #include "elbo.cuh"
 #include "kmeans.cuh"
+#include "mc.cuh"
 
 namespace py = pybind11;
 namespace kmeans_gpu = genfast::kmeans::gpu;
 namespace gmm_gpu = genfast::gmm::gpu;
+namespace mc_gpu = genfast::mc::gpu;
 
 namespace {
 
@@ -214,6 +216,64 @@ void elbo_scale_rows(std::uintptr_t rows, std::uintptr_t weight, std::uintptr_t 
   });
 }
 
+// ---- Monte Carlo likelihood -----------------------------------------------------------------
+void mc_logmeanexp_update(std::uintptr_t a, std::uintptr_t max, std::uintptr_t sum, std::uintptr_t sum_sq,
+                          int64_t B, int64_t m, const std::string& dtype, int device, std::uintptr_t stream) {
+  require(B >= 0 && m >= 0, "B and m must be non-negative");
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* rows = device_ptr<const T>(a, "a", B * m);
+    double* mx = device_ptr<double>(max, "max", B);
+    double* s = device_ptr<double>(sum, "sum", B);
+    double* q = device_ptr<double>(sum_sq, "sum_sq", B);
+    py::gil_scoped_release release;
+    use_device(device);
+    mc_gpu::logmeanexp_update<T>(B, m, rows, mx, s, q, reinterpret_cast<cudaStream_t>(stream));
+  });
+}
+
+void mc_logmeanexp_finish(double n_samples, std::uintptr_t max, std::uintptr_t sum, std::uintptr_t sum_sq,
+                          std::uintptr_t log_mean, std::uintptr_t ess, std::uintptr_t std_error, int64_t B,
+                          const std::string& dtype, int device, std::uintptr_t stream) {
+  require(B >= 0, "B must be non-negative");
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const double* mx = device_ptr<const double>(max, "max", B);
+    const double* s = device_ptr<const double>(sum, "sum", B);
+    const double* q = device_ptr<const double>(sum_sq, "sum_sq", B);
+    T* lm = device_ptr<T>(log_mean, "log_mean", B);
+    T* e = device_ptr<T>(ess, "ess", B);
+    T* se = device_ptr<T>(std_error, "std_error", B);
+    py::gil_scoped_release release;
+    use_device(device);
+    mc_gpu::logmeanexp_finish<T>(B, n_samples, mx, s, q, lm, e, se, reinterpret_cast<cudaStream_t>(stream));
+  });
+}
+
+void mc_log_importance_weights(std::uintptr_t x, std::uintptr_t decoder_out, std::uintptr_t decoder_logvar,
+                               const std::string& likelihood, double fixed_logvar, std::uintptr_t log_prior,
+                               std::uintptr_t log_proposal, std::uintptr_t log_w, int64_t B, int64_t m, int64_t D,
+                               const std::string& dtype, int device, std::uintptr_t stream) {
+  using genfast::elbo::Likelihood;
+  require(likelihood == "bernoulli" || likelihood == "gaussian",
+          "likelihood must be 'bernoulli' or 'gaussian', got '" + likelihood + "'");
+  require(B >= 0 && m >= 0 && D >= 0, "B, m and D must be non-negative");
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = device_ptr<const T>(x, "x", B * D);
+    const T* out = device_ptr<const T>(decoder_out, "decoder_out", B * m * D);
+    const T* lv = optional_ptr<const T>(decoder_logvar);  // 0: fixed_logvar everywhere
+    const T* lp = device_ptr<const T>(log_prior, "log_prior", B * m);
+    const T* lq = device_ptr<const T>(log_proposal, "log_proposal", B * m);
+    T* w = device_ptr<T>(log_w, "log_w", B * m);
+    const auto lik = likelihood == "bernoulli" ? Likelihood::bernoulli : Likelihood::gaussian;
+    py::gil_scoped_release release;
+    use_device(device);
+    mc_gpu::log_importance_weights<T>(B, m, D, lik, xp, out, lv, fixed_logvar, lp, lq, w,
+                                      reinterpret_cast<cudaStream_t>(stream));
+  });
+}
+
 /// (usable device count, message). Never throws: with no driver or no GPU the count is 0
 /// and the message is CUDA's reason. Devices older than the oldest architecture the build
 /// has code for (GENFAST_CUDA_MIN_ARCH) are listed but not counted.
@@ -307,6 +367,19 @@ PYBIND11_MODULE(_cuda, m, py::mod_gil_not_used()) {
   m.def("elbo_scale_rows", &elbo_scale_rows, py::arg("rows"), py::arg("weight"), py::arg("out"),
         py::arg("B"), py::arg("n"), py::arg("dtype"), py::arg("device"), py::arg("stream"),
         "out[b] = weight[b] rows[b] for every row b of a (B, n) array.");
+  m.def("mc_logmeanexp_update", &mc_logmeanexp_update, py::arg("a"), py::arg("max"), py::arg("sum"),
+        py::arg("sum_sq"), py::arg("B"), py::arg("m"), py::arg("dtype"), py::arg("device"), py::arg("stream"),
+        "Adds a chunk a (B, m) of log-weights to the running per-row state (float64, (B,) each).");
+  m.def("mc_logmeanexp_finish", &mc_logmeanexp_finish, py::arg("n_samples"), py::arg("max"), py::arg("sum"),
+        py::arg("sum_sq"), py::arg("log_mean"), py::arg("ess"), py::arg("std_error"), py::arg("B"),
+        py::arg("dtype"), py::arg("device"), py::arg("stream"),
+        "Per-row log mean exp, effective sample size and standard error from the running state.");
+  m.def("mc_log_importance_weights", &mc_log_importance_weights, py::arg("x"), py::arg("decoder_out"),
+        py::arg("decoder_logvar"), py::arg("likelihood"), py::arg("fixed_logvar"), py::arg("log_prior"),
+        py::arg("log_proposal"), py::arg("log_w"), py::arg("B"), py::arg("m"), py::arg("D"), py::arg("dtype"),
+        py::arg("device"), py::arg("stream"),
+        "log w = sum_d log p(x_d | decoder_out) + log_prior - log_proposal, (B, m), fused (decoder_logvar 0: "
+        "fixed_logvar everywhere).");
   m.def("device_status", &device_status,
         "(usable CUDA devices, message); never raises, also without a driver or GPU.");
   m.def("build_info", &build_info, "CUDA version, architectures and nvcc flags of the build.");

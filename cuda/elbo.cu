@@ -4,6 +4,7 @@
 #include "elbo.cuh"
 
 #include "common.cuh"
+#include "device_math.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -15,8 +16,11 @@ namespace genfast::elbo::gpu {
 namespace {
 
 using genfast::gpu::check_launch;
+using genfast::gpu::DeviceExp;
+using genfast::gpu::DeviceLog1pReciprocal;
+using genfast::gpu::kWarp;
+using genfast::gpu::warp_sum;
 
-constexpr int kWarp = 32;
 /// Threads per block: kRowsPerBlock warps, one row each at a time.
 constexpr int kThreads = 256;
 constexpr int kRowsPerBlock = kThreads / kWarp;
@@ -38,28 +42,6 @@ template <class T> __device__ __forceinline__ T narrow(compute_t<T> v) { return 
 template <> __device__ __forceinline__ __half narrow<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 narrow<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
-}
-
-struct DeviceExp {
-  __device__ float operator()(float v) const { return expf(v); }
-  __device__ double operator()(double v) const { return exp(v); }
-};
-
-template <class C> struct Log1pReciprocal {
-  C log1p;
-  C reciprocal;
-};
-
-/// {log1p(e), 1 / (1 + e)} for e = exp(-|l|) in (0, 1].
-struct DeviceLog1pReciprocal {
-  __device__ Log1pReciprocal<float> operator()(float e) const { return {log1pf(e), 1.0f / (1.0f + e)}; }
-  __device__ Log1pReciprocal<double> operator()(double e) const { return {log1p(e), 1.0 / (1.0 + e)}; }
-};
-
-/// Sum over the warp's lanes, the same on every lane (butterfly: a fixed order).
-template <class C> __device__ __forceinline__ C warp_sum(C v) {
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
 }
 
 /// Reconstruction term of row b: this lane's share of rec_b (when kValues); writes the lane's

@@ -108,6 +108,23 @@ def test_log_importance_weights_writes_every_output(rng):
     np.testing.assert_allclose(log_w, reference.log_importance_weights(x, out, lp, lq), rtol=1e-12)
 
 
+def test_numpy_and_cpu_tensor_chunks_mix(rng):
+    a = random_log_weights(rng, 4, 30, "float64")
+    r = mc.LogMeanExp().update(a[:, :10]).update(torch.from_numpy(a[:, 10:])).result()
+    assert isinstance(r.log_likelihood, np.ndarray)  # the first chunk's placement
+    assert_stats_match((r.log_likelihood, r.ess, r.std_error), reference.logmeanexp_stats(a), "float64")
+
+
+def test_log_importance_weights_shape_errors_name_the_argument(rng):
+    x, out, logvar, lp, lq = random_decoder_problem(rng, 2, 3, 4, "gaussian", True, "float64")
+    for name, bad in (("decoder_logvar", logvar[:, :2]), ("log_proposal", lq[:1]), ("x", x[0])):
+        args = {"x": x, "decoder_out": out, "decoder_logvar": logvar, "log_prior": lp, "log_proposal": lq,
+                name: bad}
+        with pytest.raises(ValueError, match=f"^{name} must"):
+            ops.log_importance_weights(args["x"], args["decoder_out"], args["log_prior"], args["log_proposal"],
+                                       likelihood="gaussian", decoder_logvar=args["decoder_logvar"])
+
+
 # --------------------------------------------------------------------------- exact models
 class LinearGaussian:
     """p(z) = N(0, I_L), p(x | z) = N(W z + b, s^2 I_D) with W = Q diag(c) (orthonormal Q), so the
@@ -225,22 +242,36 @@ def test_linear_gaussian_estimate_matches_reference_float64(rng, seed):
 
 
 # --------------------------------------------------------------------------- torch op
-def test_torch_logmeanexp_opcheck_and_gradcheck(rng):
-    a = torch.from_numpy(rng.normal(size=(4, 7))).requires_grad_()
+def check_torch_logmeanexp_op(a):
+    """opcheck, gradcheck along both dims and values of genfast.torch.logmeanexp for a float64
+    (rows, cols) tensor a that requires grad (its device: the device under test)."""
     torch.library.opcheck(gt.logmeanexp_rows, (a,))
     assert torch.autograd.gradcheck(lambda t: gt.logmeanexp(t, 0), (a,))
-    np.testing.assert_allclose(gt.logmeanexp(a).detach().numpy(), reference.logmeanexp_stats(a.detach().numpy())[0])
+    assert torch.autograd.gradcheck(lambda t: gt.logmeanexp(t, 1), (a,))
+    got = gt.logmeanexp(a)
+    assert got.device == a.device
+    np.testing.assert_allclose(got.detach().cpu().numpy(), reference.logmeanexp_stats(a.detach().cpu().numpy())[0],
+                               rtol=1e-12)
 
 
-def test_torch_logmeanexp_all_minus_inf_row_has_zero_gradient(rng):
-    a = torch.from_numpy(rng.normal(size=(3, 5)))
+def check_all_minus_inf_row_has_zero_gradient(a):
+    """For a float64 (3, M) tensor a (on the device under test) whose row 1 is set to -inf: -inf
+    out, a zero gradient for that row and the normalised weights for the others."""
     a[1] = -math.inf
     a.requires_grad_()
     out = gt.logmeanexp(a)
     out[[0, 2]].sum().backward()
     assert out[1] == -math.inf
     assert torch.isfinite(a.grad).all() and (a.grad[1] == 0).all()
-    np.testing.assert_allclose(a.grad[0].numpy(), torch.softmax(a.detach()[0], 0).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(a.grad[0].cpu().numpy(), torch.softmax(a.detach()[0], 0).cpu().numpy(), rtol=1e-12)
+
+
+def test_torch_logmeanexp_opcheck_and_gradcheck(rng):
+    check_torch_logmeanexp_op(torch.from_numpy(rng.normal(size=(4, 7))).requires_grad_())
+
+
+def test_torch_logmeanexp_all_minus_inf_row_has_zero_gradient(rng):
+    check_all_minus_inf_row_has_zero_gradient(torch.from_numpy(rng.normal(size=(3, 5))))
 
 
 # --------------------------------------------------------------------------- bad inputs

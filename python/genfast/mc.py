@@ -23,7 +23,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _backend as be
 from . import ops
 
 PROPOSALS = ("prior", "posterior")
@@ -39,19 +38,19 @@ class LogLikelihoodEstimate(NamedTuple):
 
 class LogMeanExp:
     """Streaming log-mean-exp over rows: ``update(chunk)`` with (B, m) log-weights (any m per
-    call; numpy or CPU tensors), then ``result()`` -> LogLikelihoodEstimate of
-    log((1/M) sum exp(a)) per row, its standard error and ESS, with M the total columns added.
-    The state is (B,) float64 per row (running max, shifted sum and sum of squares)."""
+    call; numpy arrays or torch tensors, CPU or CUDA), then ``result()`` -> LogLikelihoodEstimate
+    of log((1/M) sum exp(a)) per row, its standard error and ESS, with M the total columns
+    added. The state is (B,) float64 per row (running max, shifted sum and sum of squares), on
+    the first chunk's device; every later chunk must be on that device too (numpy arrays and CPU
+    tensors mix), and the results take the first chunk's placement and dtype."""
 
     def __init__(self):
         self._state = None
-        self._place = self._dtype = None
 
     def update(self, chunk) -> "LogMeanExp":
-        rows, place = ops._rows_2d("chunk", chunk)
+        rows = ops._rows_2d("chunk", chunk)
         if self._state is None:
             self._state = ops._LogMeanExpState(rows.shape[0])
-            self._place, self._dtype = place, be.dtype_name(rows)
         self._state.update(rows, "chunk")
         return self
 
@@ -62,7 +61,7 @@ class LogMeanExp:
     def result(self) -> LogLikelihoodEstimate:
         if self._state is None:
             raise ValueError("no chunk was added: call update() first")
-        log_mean, ess, std_error = self._state.result(self._place, self._dtype)
+        log_mean, ess, std_error = self._state.result()
         return LogLikelihoodEstimate(log_mean, std_error, ess)
 
 
@@ -76,15 +75,17 @@ def log_likelihood(model, x, n_samples: int, proposal: str = "posterior", chunk_
     """Monte Carlo estimate of log p(x) per data point, with standard errors and ESS.
 
     model : genfast.VAE or any object with the protocol in this module's docstring
-    x : (B, D) data (numpy or CPU tensor; moved to the model's dtype)
+    x : (B, D) data (numpy or torch; moved to the device and dtype of the model's encoder output)
     n_samples : M latent draws per data point
     proposal : 'prior' (z ~ N(0, I): naive Monte Carlo) or 'posterior' (z ~ q(z | x):
         importance sampling, the IWAE estimate)
     chunk_size : draws decoded at a time per data point (memory: B chunk_size D decoder outputs)
-    generator : torch.Generator for the draws
+    generator : torch.Generator for the draws, on the model's device (torch.Generator("cuda")
+        for a model on CUDA)
 
     log p(x) is estimated by log((1/M) sum_i w_i); its expectation is at most log p(x) (Jensen),
-    and the gap shrinks as M grows. Returns a LogLikelihoodEstimate of (B,) tensors.
+    and the gap shrinks as M grows. Returns a LogLikelihoodEstimate of (B,) tensors on the model's
+    device (CPU or CUDA: the fused weights and the streaming log-mean-exp run there).
     """
     import torch
 
@@ -98,15 +99,13 @@ def log_likelihood(model, x, n_samples: int, proposal: str = "posterior", chunk_
     L = model.latent_dim
     with torch.no_grad():
         mu, logvar = model.encode(x)
-        x = torch.as_tensor(x).to(dtype=mu.dtype).reshape(mu.shape[0], -1)
-        if x.device.type != "cpu":
-            raise NotImplementedError("genfast.mc.log_likelihood runs on the CPU only (no CUDA kernels yet)")
+        x = torch.as_tensor(x).to(device=mu.device, dtype=mu.dtype).reshape(mu.shape[0], -1)
         B = x.shape[0]
         std = torch.exp(0.5 * logvar)
         acc = LogMeanExp()
         for start in range(0, n_samples, chunk_size):
             m = min(chunk_size, n_samples - start)
-            eps = torch.randn((B, m, L), generator=generator, dtype=mu.dtype)
+            eps = torch.randn((B, m, L), generator=generator, dtype=mu.dtype, device=mu.device)
             if proposal == "prior":
                 z = eps
                 log_prior = log_proposal = _log_standard_normal(eps)

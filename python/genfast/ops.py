@@ -542,31 +542,23 @@ def elbo(x, decoder_out, mu=None, logvar=None, *, likelihood: str = "bernoulli",
 # ---------------------------------------------------------------------- Monte Carlo likelihood
 
 
-def _no_cuda_yet(name, place):
-    """The Monte Carlo kernels run on the CPU only (no CUDA version yet)."""
-    if place.cuda:
-        raise NotImplementedError(f"{name}: the Monte Carlo kernels have no CUDA version yet; move the "
-                                  "tensors to the CPU")
-
-
 def _rows_2d(name, a):
-    """(a as a C-contiguous float (B, m) array or tensor, its placement)."""
-    place = be.placement_of(name, a)
-    _no_cuda_yet(name, place)
+    """a as a C-contiguous float (B, m) array or tensor, where it was."""
+    be.placement_of(name, a)
     a = be.as_float(name, a, check_finite=False)
     if a.ndim != 2:
         raise ValueError(f"{name} must be 2-d (B, m), got shape {tuple(a.shape)}")
-    return a, place
+    return a
 
 
 def logmeanexp_stats(a, dim: int = -1):
     """(log_mean, ess, std_error) of the weights exp(a) along `dim`, each with `dim` removed:
     log((1/M) sum_i exp(a_i)), the effective sample size (sum w)^2 / sum w^2, and the
     delta-method standard error of log_mean, sqrt(1/ESS - 1/M). A slice that is all -inf gives
-    -inf, ESS 0 and standard error +inf (never NaN). numpy arrays or CPU tensors, float32 or
-    float64 (results in a's dtype; sums accumulated in float64)."""
-    place = be.placement_of("a", a)
-    _no_cuda_yet("a", place)
+    -inf, ESS 0 and standard error +inf (never NaN). numpy arrays or torch tensors (CPU or
+    CUDA), float32 or float64 (results in a's dtype, on a's device; sums accumulated in float64).
+    A NaN or +inf in a raises ValueError (on CUDA after one device-to-host copy of a flag)."""
+    be.placement_of("a", a)
     ndim = a.ndim
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not -ndim <= dim < ndim:
         raise ValueError(f"dim must be an int in [-{ndim}, {ndim}) for a with shape {tuple(a.shape)}, got {dim!r}")
@@ -574,7 +566,13 @@ def logmeanexp_stats(a, dim: int = -1):
         raise ValueError(f"a has no samples along dim {dim} (shape {tuple(a.shape)})")
     moved = a.movedim(dim, -1) if be.is_torch(a) else np.moveaxis(np.asarray(a), dim, -1)
     out_shape = tuple(moved.shape[:-1])
-    rows, place = _rows_2d("a", moved.reshape(-1, moved.shape[-1]))
+    rows = _rows_2d("a", moved.reshape(-1, moved.shape[-1]))
+    place = be.placement_of("a", rows)
+    if place.cuda:
+        acc = _LogMeanExpState(rows.shape[0])
+        acc.update(rows)
+        return tuple(r.reshape(out_shape) for r in acc.result())
+    # On the CPU one kernel does the whole array: no float64 state, one OpenMP region.
     outs = [be.empty(place, rows.shape[:1], be.dtype_name(rows)) for _ in range(3)]
     be._core.mc_logmeanexp(be.host_view(rows), *(be.host_view(o) for o in outs))
     # A NaN or +inf log-weight makes its row's log_mean NaN (a check over B values, not B M).
@@ -593,35 +591,83 @@ _NAN_LOG_WEIGHT = "{name} contains NaN or +infinity (log-weights may be -inf, ne
 
 
 class _LogMeanExpState:
-    """Per-row streaming log-mean-exp state (float64 max, shifted sum and sum of squares)."""
+    """Per-row streaming log-mean-exp state of n_rows rows (float64 max, shifted sum and sum of
+    squares), allocated by the first chunk: numpy arrays for numpy or CPU chunks, tensors on the
+    chunk's device for CUDA chunks. Results take the first chunk's placement and dtype."""
 
     def __init__(self, n_rows: int):
-        self.max = np.full(n_rows, -np.inf)
-        self.sum = np.zeros(n_rows)
-        self.sum_sq = np.zeros(n_rows)
+        self.n_rows = n_rows
+        self.place = self.dtype = None
         self.n_samples = 0
 
+    def _start(self, rows, place) -> None:
+        self.place, self.dtype = place, be.dtype_name(rows)
+        if place.cuda:
+            torch = be._torch()
+            self.max = torch.full((self.n_rows,), -math.inf, dtype=torch.float64, device=place.device)
+            self.sum, self.sum_sq = (torch.zeros(self.n_rows, dtype=torch.float64, device=place.device)
+                                     for _ in range(2))
+        else:
+            self.max = np.full(self.n_rows, -np.inf)
+            self.sum, self.sum_sq = np.zeros(self.n_rows), np.zeros(self.n_rows)
+
     def update(self, rows, name: str = "a") -> None:
-        """Adds a C-contiguous float (n_rows, m) chunk (numpy or CPU tensor). Raises ValueError
-        naming it when it holds NaN or +inf (-inf is a zero weight): the kernel's sums turn NaN
-        then, a check over n_rows values instead of a pass over the chunk. The state is then
-        spoilt."""
-        host = be.host_view(rows)
-        if host.shape[0] != self.max.shape[0]:
-            raise ValueError(f"the chunk has {host.shape[0]} rows but the accumulator has {self.max.shape[0]}")
-        be._core.mc_logmeanexp_update(host, self.max, self.sum, self.sum_sq)
-        self.n_samples += host.shape[1]
-        if not np.isfinite(self.sum).all():
+        """Adds a C-contiguous float (n_rows, m) chunk. Raises ValueError naming it when it holds
+        NaN or +inf (-inf is a zero weight): the kernel's sums turn NaN then, a check over n_rows
+        values (on CUDA, one device-to-host copy of a flag) instead of a pass over the chunk. The
+        state is then spoilt. A chunk must be on the first chunk's device (numpy and CPU tensors
+        mix)."""
+        place = be.placement_of(name, rows)
+        if self.place is not None and (place.cuda or self.place.cuda):
+            be.same_placement("the first chunk", self.place, name, rows)
+        if rows.shape[0] != self.n_rows:
+            raise ValueError(f"the chunk has {rows.shape[0]} rows but the accumulator has {self.n_rows}")
+        if self.place is None:
+            self._start(rows, place)
+        if place.cuda:
+            cuda = be.require_cuda()
+            device, stream = be.cuda_launch_args(rows)
+            cuda.mc_logmeanexp_update(rows.data_ptr(), self.max.data_ptr(), self.sum.data_ptr(),
+                                      self.sum_sq.data_ptr(), rows.shape[0], rows.shape[1], be.dtype_name(rows),
+                                      device, stream)
+            finite = bool(be._torch().isfinite(self.sum).all())
+        else:
+            be._core.mc_logmeanexp_update(be.host_view(rows), self.max, self.sum, self.sum_sq)
+            finite = bool(np.isfinite(self.sum).all())
+        self.n_samples += rows.shape[1]
+        if not finite:
             raise ValueError(_NAN_LOG_WEIGHT.format(name=name))
 
-    def result(self, place, dtype):
-        """(log_mean, ess, std_error), each (n_rows,), placed as `place` in `dtype`."""
+    def result(self):
+        """(log_mean, ess, std_error), each (n_rows,), placed as the first chunk in its dtype."""
         if self.n_samples == 0:
             raise ValueError("no samples were added")
-        outs = [be.empty(place, self.max.shape, dtype) for _ in range(3)]
-        be._core.mc_logmeanexp_finish(float(self.n_samples), self.max, self.sum, self.sum_sq,
-                                      *(be.host_view(o) for o in outs))
+        outs = [be.empty(self.place, (self.n_rows,), self.dtype) for _ in range(3)]
+        if self.place.cuda:
+            cuda = be.require_cuda()
+            device, stream = be.cuda_launch_args(self.max)
+            cuda.mc_logmeanexp_finish(float(self.n_samples), self.max.data_ptr(), self.sum.data_ptr(),
+                                      self.sum_sq.data_ptr(), *(o.data_ptr() for o in outs), self.n_rows,
+                                      self.dtype, device, stream)
+        else:
+            be._core.mc_logmeanexp_finish(float(self.n_samples), self.max, self.sum, self.sum_sq,
+                                          *(be.host_view(o) for o in outs))
         return tuple(outs)
+
+
+def _importance_shapes(x, arrays):
+    """(B, m, D) of log_importance_weights' arguments, after checking that they fit x (B, D)."""
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-d (B, D), got shape {tuple(x.shape)}")
+    (B, D), out = x.shape, arrays["decoder_out"]
+    if out.ndim != 3 or out.shape[0] != B or out.shape[2] != D:
+        raise ValueError(f"decoder_out must have shape (B, m, D) = ({B}, m, {D}), got {tuple(out.shape)}")
+    m = out.shape[1]
+    for name, shape in (("decoder_logvar", (B, m, D)), ("log_prior", (B, m)), ("log_proposal", (B, m))):
+        a = arrays.get(name)
+        if a is not None and tuple(a.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} to match x and decoder_out, got {tuple(a.shape)}")
+    return B, m, D
 
 
 def log_importance_weights(x, decoder_out, log_prior, log_proposal, *, likelihood: str = "bernoulli",
@@ -632,14 +678,15 @@ def log_importance_weights(x, decoder_out, log_prior, log_proposal, *, likelihoo
 
     x (B, D); decoder_out (B, m, D) Bernoulli logits or Gaussian means; decoder_logvar (B, m, D)
     per-element Gaussian log-variances, or one fixed `variance` (default 1); log_prior = log p(z)
-    and log_proposal = log q(z | x), (B, m). Returns (B, m) in x's dtype (numpy or CPU tensors).
+    and log_proposal = log q(z | x), (B, m). Returns (B, m) in x's dtype and placement (numpy,
+    CPU or CUDA tensors; all arguments on x's device).
     check_finite: x must be finite, and a NaN or +inf log-weight (from NaN or infinite inputs)
     raises ValueError; -inf (a zero weight) is allowed. The (B, m, D) inputs are checked through
-    the (B, m) result: a pass over them would cost several times the kernel."""
+    the (B, m) result: a pass over them would cost several times the kernel. On CUDA both checks
+    cost one device-to-host copy of two flags, after the kernel."""
     fixed_logvar = gaussian_fixed_logvar(likelihood, decoder_logvar, variance)
     place = be.placement_of("x", x)
-    _no_cuda_yet("x", place)
-    x = be.as_float("x", x, check_finite=check_finite)
+    x = be.as_float("x", x, check_finite=check_finite and not place.cuda)
     dtype = be.dtype_name(x)
     arrays = {}
     for name, a in (("decoder_out", decoder_out), ("decoder_logvar", decoder_logvar), ("log_prior", log_prior),
@@ -648,19 +695,31 @@ def log_importance_weights(x, decoder_out, log_prior, log_proposal, *, likelihoo
             raise ValueError(f"{name} is required")
         if a is not None:
             be.same_placement("x", place, name, a)
-            arrays[name] = be.host_view(be.as_float(name, a, dtype=dtype, check_finite=False))
-    if x.ndim != 2:
-        raise ValueError(f"x must be 2-d (B, D), got shape {tuple(x.shape)}")
-    out = arrays["decoder_out"]
-    if out.ndim != 3 or out.shape[0] != x.shape[0] or out.shape[2] != x.shape[1]:
-        raise ValueError(f"decoder_out must have shape (B, m, D) = ({x.shape[0]}, m, {x.shape[1]}), "
-                         f"got {tuple(out.shape)}")
-    log_w = be.empty(place, out.shape[:2], dtype)
-    be._core.mc_log_importance_weights(be.host_view(x), out, arrays.get("decoder_logvar"), likelihood,
-                                       fixed_logvar, arrays["log_prior"], arrays["log_proposal"],
-                                       be.host_view(log_w))
-    host = be.host_view(log_w)
-    if check_finite and (np.isnan(host).any() or np.isposinf(host).any()):
+            arrays[name] = be.as_float(name, a, dtype=dtype, check_finite=False)
+    B, m, D = _importance_shapes(x, arrays)
+    log_w = be.empty(place, (B, m), dtype)
+    # a log-weight is NaN or +inf exactly when it is not below +inf
+    x_finite = weights_ok = True
+    if place.cuda:
+        cuda = be.require_cuda()
+        device, stream = be.cuda_launch_args(x)
+        ptr = lambda name: 0 if arrays.get(name) is None else arrays[name].data_ptr()  # noqa: E731
+        cuda.mc_log_importance_weights(x.data_ptr(), ptr("decoder_out"), ptr("decoder_logvar"), likelihood,
+                                       fixed_logvar, ptr("log_prior"), ptr("log_proposal"), log_w.data_ptr(),
+                                       B, m, D, dtype, device, stream)
+        if check_finite:
+            torch = be._torch()
+            x_finite, weights_ok = torch.stack([torch.isfinite(x).all(), (log_w < math.inf).all()]).tolist()
+    else:
+        host = lambda name: None if arrays.get(name) is None else be.host_view(arrays[name])  # noqa: E731
+        be._core.mc_log_importance_weights(be.host_view(x), host("decoder_out"), host("decoder_logvar"), likelihood,
+                                           fixed_logvar, host("log_prior"), host("log_proposal"),
+                                           be.host_view(log_w))
+        if check_finite:
+            weights_ok = bool((be.host_view(log_w) < math.inf).all())
+    if not x_finite:
+        raise ValueError("x contains NaN or infinity")
+    if not weights_ok:
         raise ValueError("decoder_out, decoder_logvar, log_prior or log_proposal contains NaN or infinity "
                          "(a log-weight came out NaN or +inf)")
     return log_w

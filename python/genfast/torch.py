@@ -234,7 +234,7 @@ def _terms(x, decoder_out, decoder_logvar, mu, logvar, likelihood, fixed_logvar,
 
 @torch.library.custom_op("genfast::logmeanexp_rows", mutates_args=())
 def logmeanexp_rows(a: Tensor) -> Tensor:
-    """log((1/M) sum_j exp(a[b, j])) per row of a (B, M) tensor (CPU; streaming kernel)."""
+    """log((1/M) sum_j exp(a[b, j])) per row of a (B, M) tensor (CPU or CUDA; streaming kernel)."""
     return _ops.logmeanexp(a.contiguous(), -1)
 
 
@@ -263,7 +263,7 @@ logmeanexp_rows.register_autograd(_backward_logmeanexp_rows, setup_context=_setu
 def logmeanexp(a: Tensor, dim: int = -1) -> Tensor:
     """log((1/M) sum_i exp(a_i)) along dim (M = a.shape[dim]), differentiable: the gradient is
     the normalised weights exp(a_i) / sum_j exp(a_j) (over M) times the upstream gradient; a
-    slice that is all -inf gives -inf and a zero gradient. CPU tensors, float32/float64."""
+    slice that is all -inf gives -inf and a zero gradient. CPU or CUDA tensors, float32/float64."""
     if not isinstance(a, Tensor):
         raise TypeError(f"a must be a torch.Tensor, got {type(a).__name__}")
     if isinstance(dim, bool) or not isinstance(dim, int) or not -a.ndim <= dim < a.ndim:

@@ -19,6 +19,10 @@ template <class A> struct LogMeanExpState {
   A sum_sq;  ///< sum_i exp(2 (a_i - max))
 };
 
+/// The larger of u and v, NaN once either is NaN (so that a NaN among the log-weights reaches
+/// the sums, where the caller detects it). Scalars, or GCC vectors on the CPU.
+template <class V> GENFAST_HD V max_keeping_nan(V u, V v) { return (v > u) | (v != v) ? v : u; }
+
 /// Moves the state to the shift new_max >= state.max, before adding terms exp(a - new_max).
 template <class A, class Exp>
 GENFAST_HD void shift_to(LogMeanExpState<A>& st, A new_max, Exp exp) {
