@@ -35,7 +35,7 @@ def have_matplotlib() -> bool:
 # --------------------------------------------------------------------------- summary rows
 def _peer_rows(family, case, results, reference, seconds, ceiling=lambda r: None):
     """Summary rows of one case: genfast's reference peer against each other peer."""
-    ref = next((r for r in results if r["peer"] == reference and r.get("status") == "ok"), None)
+    ref = next((r for r in results if r["peer"] == reference and r.get("status", "ok") == "ok"), None)
     ref_s = seconds(ref) if ref else None
     base = {"benchmark": family, "case": case, "genfast_peer": reference, "genfast_s": ref_s,
             "of_ceiling": ceiling(ref) if ref else None}
