@@ -272,7 +272,7 @@ def format_table(rows) -> str:
         if "std_error" in r:
             value += f" +- {r['std_error']:.3f} (ESS {r['ess']:.0f} of {r['n_samples']})"
         lines.append([r["step"], value, _seconds(r["genfast_s"]), _seconds(r["reference_s"]),
-                      f"{r['reference_s'] / r['genfast_s']:.1f}x", _seconds(r.get("sklearn_s")),
+                      f"{r['reference_s'] / r['genfast_s']:.2g}x", _seconds(r.get("sklearn_s")),
                       f"{abs(r['value'] - r['reference_value']):.2g}" if "reference_value" in r else "-"])
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
     fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)  # noqa: E731
@@ -340,8 +340,11 @@ def run(*, device: str = "auto", quick: bool = False, out: str | Path = "genfast
     with _Progress(f"GaussianMixture, K={N_CLUSTERS}"):
         row, gmm = step_gmm(genfast, Xtr, Xte, device, sklearn_mixture, _host(km.labels_))
         rows.append(row)
-    print(f"  VAE, {epochs} epochs{'' if sys.stderr.isatty() else ' ...'}", file=sys.stderr, flush=True)
-    row, vae = step_vae(genfast, Xtr, Xte, device, epochs, baseline_epochs, seed, progress=sys.stderr.isatty())
+    tty = sys.stderr.isatty()  # on a terminal the VAE's own progress bar, else one line per step
+    if tty:
+        print(f"  VAE, {epochs} epochs:", file=sys.stderr, flush=True)
+    with contextlib.nullcontext() if tty else _Progress(f"VAE, {epochs} epochs"):
+        row, vae = step_vae(genfast, Xtr, Xte, device, epochs, baseline_epochs, seed, progress=tty)
     rows.append(row)
     for proposal in ("prior", "posterior"):
         rows.append(step_likelihood(genfast, vae, Xte, n_samples, proposal, seed))
