@@ -43,7 +43,8 @@ def test_demo_table_lists_every_step(demo_run):
         for key in ("value", "genfast_s", "reference_s"):
             assert math.isfinite(row[key]), (row["step"], key)
         assert row["genfast_s"] > 0 and row["reference_s"] > 0
-    assert result["n_train"] + result["n_test"] == 400 and result["seed"] == 3
+    assert result["n_train"] + result["n_test"] == 400 and result["seed"] == 3 and result["threads"] == 1
+    assert "Every implementation ran on 1 CPU thread." in stdout
 
 
 def test_demo_models_agree_with_the_reference(demo_run):
@@ -137,6 +138,7 @@ def test_benchmark_scripts_still_run_from_the_repository():
     (["demo", "--seed", "one"], "--seed: expected a non-negative integer, got 'one'"),
     (["demo", "--device", "tpu"], "--device: invalid choice: 'tpu'"),
     (["demo", "--n-digits", "5"], "need at least 12 digits"),
+    (["demo", "--threads", "0"], "--threads: expected a positive integer, got 0"),
     (["bench", "--only", "kmeans,knn"], "--only: expected a comma-separated list of kmeans, gmm, elbo, mc, dask"),
     (["bench", "--device", "tpu"], "--device: invalid choice: 'tpu'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
