@@ -1,7 +1,8 @@
-"""Shared plumbing for genfast's benchmark scripts.
+"""Shared plumbing for genfast's benchmarks.
 
-Every ``benchmarks/bench_*.py`` script uses this module for the parts that must be the same
-across benchmarks, so their JSON files can be compared and joined:
+Every benchmark module (``genfast.bench.kmeans``, ``gmm``, ``elbo``, ``mc``, ``dask``) uses
+this module for the parts that must be the same across benchmarks, so their JSON files can be
+compared and joined:
 
 - :func:`machine_info` - CPU model, physical cores / logical CPUs, memory, load, GPU.
 - :func:`package_versions` - genfast, numpy, scikit-learn, faiss, torch, threadpoolctl, dask,
@@ -13,6 +14,8 @@ across benchmarks, so their JSON files can be compared and joined:
 - :func:`format_table` / :func:`print_table` - fixed-width text tables.
 - :func:`write_results` - JSON to ``<out>/<name>-<device>-<UTC timestamp>.json`` plus a copy
   at ``<out>/<name>-<device>-latest.json``; :func:`finish` writes it and gives the exit status.
+- :func:`skip` - a whole benchmark that cannot run here (no torch, no GPU): said, not an error.
+  ``genfast bench`` reads what the last run recorded or skipped from :data:`LAST_RUN`.
 
 Only the standard library is needed at import time; numpy, torch, threadpoolctl are imported
 lazily and their absence is reported, never raised.
@@ -41,9 +44,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 SCHEMA_VERSION = 1
 
-#: Default folder for result files: ``benchmarks/results`` next to this module, so a script
-#: writes to the same place whatever the current directory is.
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: Default folder for result files: ``benchmarks/results`` under the current directory (the
+#: package is installed without the repository, so there is no folder next to this module).
+RESULTS_DIR = Path("benchmarks") / "results"
 
 #: Packages whose versions every result file records, as ``key: distribution names to try``.
 PACKAGES = {
@@ -487,11 +490,25 @@ def close_record(record: dict, threads: int, warning_before: str | None) -> None
         print("\n" + warning_after)
 
 
+#: What the last run of each benchmark ended with, by name: ``{"record": ..., "paths": ...}``
+#: from :func:`finish` or ``{"skipped": reason}`` from :func:`skip` (read by ``genfast bench``).
+LAST_RUN: dict[str, dict] = {}
+
+
+def skip(name: str, reason: str) -> int:
+    """A benchmark that cannot run on this machine: print why, remember it; exit status 0."""
+    print(f"skipping: {reason}")
+    LAST_RUN[name] = {"skipped": reason}
+    return 0
+
+
 def finish(name: str, device: str, record: dict, n_errors: int, *, out_dir, no_json: bool) -> int:
     """Write the JSON (unless no_json) and say where; the exit status: 1 when a peer raised
     (its traceback is in the JSON), else 0."""
+    LAST_RUN[name] = {"record": record, "paths": None}
     if not no_json:
         path, latest = write_results(name, device, record, out_dir)
+        LAST_RUN[name]["paths"] = (path, latest)
         print(f"\nwrote {path}\n  and {latest}")
     if n_errors:
         print(f"{n_errors} peer run(s) failed; see 'traceback' in the JSON", file=sys.stderr)
