@@ -74,8 +74,9 @@ class _HostArrays:
     def mean0(self, X):
         return X.mean(axis=0)
 
-    def float64(self, a):
-        return a.astype(np.float64)
+    def column_moments64(self, X):
+        """(sum_i x_i, sum_i x_i^2) per column in float64 (no float64 copy of X)."""
+        return X.sum(axis=0, dtype=np.float64), np.einsum("ij,ij->j", X, X, dtype=np.float64)
 
     def empty(self, n, dtype):
         return np.empty(n, dtype=dtype)
@@ -143,8 +144,9 @@ class _TorchCudaArrays(_HostArrays):
     def mean0(self, X):
         return X.mean(dim=0)
 
-    def float64(self, a):
-        return a.double()
+    def column_moments64(self, X):
+        X = X.double()
+        return self.to_host(X.sum(dim=0)), self.to_host((X * X).sum(dim=0))
 
     def empty(self, n, dtype):
         return self.torch.empty(n, dtype=getattr(self.torch, np.dtype(dtype).name), device=self.device)
@@ -220,9 +222,8 @@ def _mean_variance(arrays, data):
     x and x^2 piece by piece (scikit-learn's tolerance scale)."""
     s1 = s2 = 0.0
     for _, _, piece in data.pieces():
-        p = arrays.float64(piece)
-        s1 = s1 + arrays.to_host(p.sum(0))
-        s2 = s2 + arrays.to_host((p * p).sum(0))
+        piece_s1, piece_s2 = arrays.column_moments64(piece)
+        s1, s2 = s1 + piece_s1, s2 + piece_s2
     mean = s1 / data.n
     return float(np.mean(s2 / data.n - mean * mean))
 
