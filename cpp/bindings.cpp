@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include <omp.h>
+#include <signal.h>
 
 #include <genfast/simd.hpp>
 
@@ -14,8 +15,10 @@
 #include <string>
 #include <vector>
 
+#include "blocked_sum.hpp"
 #include "elbo.hpp"
 #include "gmm.hpp"
+#include "interrupt.hpp"
 #include "kmeans.hpp"
 #include "mc.hpp"
 
@@ -24,6 +27,67 @@ namespace py = pybind11;
 namespace {
 
 template <class T> using carray = py::array_t<T, py::array::c_style>;
+
+/// Stands in for Python's SIGINT handler while a kernel runs without the GIL (see
+/// interrupt.hpp): a Ctrl-C sets genfast::sigint_received, which the kernel polls. Only on
+/// Python's main thread (where Python runs signal handlers) and only while Python's handler
+/// is the default one (which raises KeyboardInterrupt); otherwise nothing is installed and
+/// the kernel runs to the end.
+class SigintWatch {
+ public:
+  SigintWatch() {
+    if (!python_raises_keyboard_interrupt()) return;
+    genfast::sigint_received.store(false);
+    struct sigaction action {};
+    action.sa_handler = [](int) { genfast::sigint_received.store(true, std::memory_order_relaxed); };
+    sigemptyset(&action.sa_mask);
+    if (sigaction(SIGINT, &action, &previous_) != 0) return;
+    installed_ = true;
+    genfast::interrupt_flag = &genfast::sigint_received;
+  }
+  SigintWatch(const SigintWatch&) = delete;
+  SigintWatch& operator=(const SigintWatch&) = delete;
+  ~SigintWatch() { restore(); }
+
+  /// Puts Python's handler back; raises KeyboardInterrupt if a Ctrl-C came meanwhile (as
+  /// Python would have on the kernel's return). Call with the GIL held.
+  void restore_and_raise() {
+    const bool received = installed_ && genfast::sigint_received.load();
+    restore();
+    if (received) {
+      PyErr_SetNone(PyExc_KeyboardInterrupt);
+      throw py::error_already_set();
+    }
+  }
+
+ private:
+  static bool python_raises_keyboard_interrupt() {
+    // Looked up once and kept for the life of the process (never destroyed after Python).
+    static const auto* signal_module = new py::object(py::module_::import("signal"));
+    static const auto* threading = new py::object(py::module_::import("threading"));
+    if (!threading->attr("current_thread")().is(threading->attr("main_thread")())) return false;
+    return signal_module->attr("getsignal")(SIGINT).is(signal_module->attr("default_int_handler"));
+  }
+  void restore() {
+    if (!installed_) return;
+    sigaction(SIGINT, &previous_, nullptr);
+    genfast::interrupt_flag = nullptr;
+    installed_ = false;
+  }
+  struct sigaction previous_ {};
+  bool installed_ = false;
+};
+
+/// Runs a fit-loop kernel without the GIL; a Ctrl-C meanwhile stops it within one block of
+/// points and raises KeyboardInterrupt (its outputs are then incomplete and never returned).
+template <class Kernel> void run_interruptible(Kernel&& kernel) {
+  SigintWatch watch;
+  {
+    py::gil_scoped_release release;
+    kernel();
+  }
+  watch.restore_and_raise();
+}
 
 void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument(what);
@@ -70,8 +134,7 @@ void kmeans_assign(const carray<T>& X, const carray<T>& C, carray<int64_t>& labe
   const T* c = C.data();
   int64_t* l = labels.mutable_data();
   T* d = sq_dist.mutable_data();
-  py::gil_scoped_release release;
-  genfast::kmeans::assign_labels<T>(s, x, c, l, d);
+  run_interruptible([&] { genfast::kmeans::assign_labels<T>(s, x, c, l, d); });
 }
 
 template <class T>
@@ -87,8 +150,7 @@ void kmeans_update(const carray<T>& X, const carray<int64_t>& labels,
   const T* w = weights ? weights->data() : nullptr;
   T* out = sums.mutable_data();
   T* ws = wsum.mutable_data();
-  py::gil_scoped_release release;
-  genfast::kmeans::update_centers<T>(s, x, l, w, out, ws);
+  run_interruptible([&] { genfast::kmeans::update_centers<T>(s, x, l, w, out, ws); });
 }
 
 template <class T>
@@ -104,8 +166,23 @@ void kmeans_lloyd_step(const carray<T>& X, const carray<T>& C,
   T* d = sq_dist.mutable_data();
   T* out = sums.mutable_data();
   T* ws = wsum.mutable_data();
-  py::gil_scoped_release release;
-  genfast::kmeans::lloyd_step<T>(s, x, c, w, l, d, out, ws);
+  run_interruptible([&] { genfast::kmeans::lloyd_step<T>(s, x, c, w, l, d, out, ws); });
+}
+
+template <class T>
+void kmeans_lloyd_step_accumulate(const carray<T>& X, const carray<T>& C,
+                                  const std::optional<carray<T>>& weights, carray<int64_t>& labels,
+                                  carray<T>& sq_dist, carray<genfast::accumulate_t<T>>& totals) {
+  const auto s = assign_shape(X, C, labels, sq_dist);
+  if (weights) require_shape(*weights, "sample_weight", {s.B, s.N});
+  require_shape(totals, "totals", {s.B, s.K * s.D + s.K});
+  const T* x = X.data();
+  const T* c = C.data();
+  const T* w = weights ? weights->data() : nullptr;
+  int64_t* l = labels.mutable_data();
+  T* d = sq_dist.mutable_data();
+  genfast::accumulate_t<T>* t = totals.mutable_data();
+  run_interruptible([&] { genfast::kmeans::lloyd_step_accumulate<T>(s, x, c, w, l, d, t); });
 }
 
 /// Shape of the precision Cholesky factors (scikit-learn's) for K components in D dims.
@@ -155,8 +232,7 @@ void gmm_log_resp(const carray<T>& X, const carray<T>& weights, const carray<T>&
   const T *x = X.data(), *w = weights.data(), *mu = means.data(), *p = prec_chol.data();
   T* lp = log_prob.mutable_data();
   T* lr = log_resp ? carray<T>(*log_resp).mutable_data() : nullptr;
-  py::gil_scoped_release release;
-  genfast::gmm::log_resp<T>(s, cov, x, w, mu, p, lp, lr);
+  run_interruptible([&] { genfast::gmm::log_resp<T>(s, cov, x, w, mu, p, lp, lr); });
 }
 
 template <class T>
@@ -171,8 +247,7 @@ void gmm_suff_stats(const carray<T>& X, const carray<T>& resp, bool resp_is_log,
   require_statistics(cov, s, nk, sums, scatter);
   const T *x = X.data(), *r = resp.data();
   T *n = nk.mutable_data(), *sm = sums.mutable_data(), *sc = scatter.mutable_data();
-  py::gil_scoped_release release;
-  genfast::gmm::suff_stats<T>(s, cov, x, r, resp_is_log, n, sm, sc);
+  run_interruptible([&] { genfast::gmm::suff_stats<T>(s, cov, x, r, resp_is_log, n, sm, sc); });
 }
 
 template <class T>
@@ -185,8 +260,7 @@ void gmm_em_step(const carray<T>& X, const carray<T>& weights, const carray<T>& 
   require_statistics(cov, s, nk, sums, scatter);
   const T *x = X.data(), *w = weights.data(), *mu = means.data(), *p = prec_chol.data();
   T *lp = log_prob.mutable_data(), *n = nk.mutable_data(), *sm = sums.mutable_data(), *sc = scatter.mutable_data();
-  py::gil_scoped_release release;
-  genfast::gmm::em_step<T>(s, cov, x, w, mu, p, lp, n, sm, sc);
+  run_interruptible([&] { genfast::gmm::em_step<T>(s, cov, x, w, mu, p, lp, n, sm, sc); });
 }
 
 template <class T> void bind_gmm(py::module_& m) {
@@ -217,6 +291,11 @@ template <class T> void bind_kmeans(py::module_& m) {
         py::arg("C").noconvert(), py::arg("weights").noconvert(), py::arg("labels").noconvert(),
         py::arg("sq_dist").noconvert(), py::arg("sums").noconvert(), py::arg("wsum").noconvert(),
         "kmeans_assign then kmeans_update of that assignment in one pass over X.");
+  m.def("kmeans_lloyd_step_accumulate", &kmeans_lloyd_step_accumulate<T>, py::arg("X").noconvert(),
+        py::arg("C").noconvert(), py::arg("weights").noconvert(), py::arg("labels").noconvert(),
+        py::arg("sq_dist").noconvert(), py::arg("totals").noconvert(),
+        "kmeans_lloyd_step with the sums (then the weights) of each cluster added in float64 to "
+        "totals (B, K*D + K); rows from a multiple of 8192 on continue a split X bitwise.");
 }
 
 // ---- VAE ELBO ----------------------------------------------------------------------------
@@ -396,6 +475,7 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
   bind_elbo<double>(m);
   bind_mc<float>(m);
   bind_mc<double>(m);
+  m.attr("SUM_BLOCK_POINTS") = genfast::kSumBlockPoints;  // the fixed summation block (rows)
   m.def("openmp_max_threads", [] { return omp_get_max_threads(); },
         "Threads an OpenMP parallel region would use now.");
   m.def("build_info", [] {

@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "interrupt.hpp"
+
 namespace genfast {
 
 /// Points per block: the fixed unit of summation order.
@@ -18,17 +20,21 @@ constexpr int64_t kSumBlockPoints = 8192;
 constexpr int64_t kSumPartialBytes = int64_t(32) << 20;
 constexpr int64_t kSumMaxWave = 64;
 
-/// Totals [B][row] over B problems of N points each (A: a scalar or a SIMD vector type). fill(b, i0, i1, acc) adds points
-/// [i0, i1) of problem b into the zeroed row acc[0, row) and returns how many points it had
-/// to skip (for example for an invalid label); the skips of all blocks are added into
-/// `skipped`.
+/// Totals [B][row] over B problems of N points each (A: a scalar or a SIMD vector type),
+/// added to `total` (zeros, or the totals of earlier points of the same problems: folding on
+/// from them gives bitwise the totals of one call over all the points, provided the earlier
+/// calls covered whole blocks). fill(b, i0, i1, acc) adds points [i0, i1) of problem b into
+/// the zeroed row acc[0, row) and returns how many points it had to skip (for example for an
+/// invalid label); the skips of all blocks are added into `skipped`. Once the caller is
+/// interrupted (interrupt.hpp) the remaining blocks are skipped and the totals are partial.
 template <class A, class Fill>
-std::vector<A> blocked_sum(int64_t B, int64_t N, int64_t row, Fill fill, int64_t& skipped) {
+std::vector<A> blocked_sum(int64_t B, int64_t N, int64_t row, Fill fill, int64_t& skipped,
+                           std::vector<A> total) {
   const int64_t blocks_per_problem = (N + kSumBlockPoints - 1) / kSumBlockPoints;
   const int64_t blocks = B * blocks_per_problem;
   const int64_t wave = std::clamp<int64_t>(
       kSumPartialBytes / std::max<int64_t>(1, row * int64_t(sizeof(A))), 1, kSumMaxWave);
-  std::vector<A> total(size_t(B * row), A{});
+  const Interruption interruption;
   std::vector<A> partial(size_t(std::min(wave, std::max<int64_t>(blocks, 1)) * row));
   int64_t skips = 0;
   for (int64_t first = 0; first < blocks; first += wave) {
@@ -39,7 +45,7 @@ std::vector<A> blocked_sum(int64_t B, int64_t N, int64_t row, Fill fill, int64_t
       const int64_t i0 = (blk % blocks_per_problem) * kSumBlockPoints;
       A* acc = &partial[size_t(j * row)];
       std::fill(acc, acc + row, A{});
-      skips += fill(b, i0, std::min(N, i0 + kSumBlockPoints), acc);
+      if (!interruption.requested()) skips += fill(b, i0, std::min(N, i0 + kSumBlockPoints), acc);
     }
     // Fold the wave's partials into each problem's total in block order.
 #pragma omp parallel for schedule(static)
@@ -49,6 +55,12 @@ std::vector<A> blocked_sum(int64_t B, int64_t N, int64_t row, Fill fill, int64_t
   }
   skipped = skips;
   return total;
+}
+
+/// blocked_sum from zero totals.
+template <class A, class Fill>
+std::vector<A> blocked_sum(int64_t B, int64_t N, int64_t row, Fill fill, int64_t& skipped) {
+  return blocked_sum<A>(B, N, row, fill, skipped, std::vector<A>(size_t(B * row), A{}));
 }
 
 }  // namespace genfast

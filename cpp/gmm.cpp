@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "blocked_sum.hpp"
+#include "interrupt.hpp"
 
 namespace genfast::gmm {
 namespace {
@@ -303,12 +304,14 @@ void log_resp(const Shape& s, Covariance cov, const T* X, const T* weights, cons
   if (s.N == 0) return;
   const std::vector<T> means_t = cov == Covariance::tied ? transposed_means(s, means) : std::vector<T>();
   const int64_t tiles = (s.N + P - 1) / P;
+  const Interruption interruption;
 
 #pragma omp parallel
   {
     Tl tile(s, cov, means, prec_chol, means_t.data(), constants.data());
 #pragma omp for schedule(dynamic)
     for (int64_t t = 0; t < tiles; ++t) {
+      if (interruption.requested()) continue;
       const int64_t i0 = t * P, n = std::min<int64_t>(P, s.N - i0);
       tile.compute(X + i0 * s.D, n);
       for (int64_t p = 0; p < n; ++p) {

@@ -2,6 +2,7 @@
 #include "kmeans.hpp"
 
 #include "blocked_sum.hpp"
+#include "interrupt.hpp"
 
 #include <genfast/kmeans.hpp>
 #include <genfast/simd.hpp>
@@ -234,8 +235,10 @@ void assign_labels(const Shape& s, const T* X, const T* C, int64_t* labels, T* s
   if (s.K < 1) throw std::invalid_argument("assign_labels: need at least one centre");
   const NearestCenters<T> nearest(s, C);
   const int64_t chunks = (s.N + kChunkPoints - 1) / kChunkPoints;
+  const Interruption interruption;
 #pragma omp parallel for schedule(dynamic)
   for (int64_t task = 0; task < s.B * chunks; ++task) {
+    if (interruption.requested()) continue;
     const int64_t b = task / chunks, i0 = (task % chunks) * kChunkPoints;
     nearest.assign_chunk(X, b, i0, std::min(kChunkPoints, s.N - i0), labels, sq_dist);
   }
@@ -249,23 +252,45 @@ void update_centers(const Shape& s, const T* X, const int64_t* labels, const T* 
   });
 }
 
+/// lloyd_step's fill for blocked_sum: assigns a block chunk by chunk, then sums it while it
+/// is still in cache.
+template <class T>
+auto assign_and_sum(const Shape& s, const NearestCenters<T>& nearest, const T* X,
+                    const T* weights, int64_t* labels, T* sq_dist) {
+  return [=, &nearest](int64_t b, int64_t i0, int64_t i1, accumulate_t<T>* acc) {
+    for (int64_t c0 = i0; c0 < i1; c0 += kChunkPoints)
+      nearest.assign_chunk(X, b, c0, std::min(kChunkPoints, i1 - c0), labels, sq_dist);
+    return accumulate_points(s, X, labels, weights, b, i0, i1, acc);
+  };
+}
+
 template <class T>
 void lloyd_step(const Shape& s, const T* X, const T* C, const T* weights, int64_t* labels,
                 T* sq_dist, T* sums, T* wsum) {
   if (s.K < 1) throw std::invalid_argument("lloyd_step: need at least one centre");
   const NearestCenters<T> nearest(s, C);
-  cluster_sums<T>(s, sums, wsum, [&](int64_t b, int64_t i0, int64_t i1, accumulate_t<T>* acc) {
-    // Assign the block chunk by chunk, then sum it while it is still in cache.
-    for (int64_t c0 = i0; c0 < i1; c0 += kChunkPoints)
-      nearest.assign_chunk(X, b, c0, std::min(kChunkPoints, i1 - c0), labels, sq_dist);
-    return accumulate_points(s, X, labels, weights, b, i0, i1, acc);
-  });
+  cluster_sums<T>(s, sums, wsum, assign_and_sum(s, nearest, X, weights, labels, sq_dist));
+}
+
+template <class T>
+void lloyd_step_accumulate(const Shape& s, const T* X, const T* C, const T* weights,
+                           int64_t* labels, T* sq_dist, accumulate_t<T>* totals) {
+  using A = accumulate_t<T>;
+  if (s.K < 1) throw std::invalid_argument("lloyd_step: need at least one centre");
+  const NearestCenters<T> nearest(s, C);
+  const int64_t row = s.K * s.D + s.K;
+  int64_t bad_labels = 0;
+  const auto folded = blocked_sum<A>(s.B, s.N, row, assign_and_sum(s, nearest, X, weights, labels, sq_dist),
+                                     bad_labels, std::vector<A>(totals, totals + s.B * row));
+  std::copy(folded.begin(), folded.end(), totals);
 }
 
 #define GENFAST_INSTANTIATE(T)                                                                \
   template void assign_labels<T>(const Shape&, const T*, const T*, int64_t*, T*);            \
   template void update_centers<T>(const Shape&, const T*, const int64_t*, const T*, T*, T*); \
-  template void lloyd_step<T>(const Shape&, const T*, const T*, const T*, int64_t*, T*, T*, T*);
+  template void lloyd_step<T>(const Shape&, const T*, const T*, const T*, int64_t*, T*, T*, T*); \
+  template void lloyd_step_accumulate<T>(const Shape&, const T*, const T*, const T*, int64_t*, T*, \
+                                         accumulate_t<T>*);
 GENFAST_INSTANTIATE(float)
 GENFAST_INSTANTIATE(double)
 #undef GENFAST_INSTANTIATE

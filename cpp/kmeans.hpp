@@ -40,4 +40,16 @@ template <class T>
 void lloyd_step(const Shape& s, const T* X, const T* C, const T* weights, int64_t* labels,
                 T* sq_dist, T* sums, T* wsum);
 
+/// lloyd_step with the M-step sums left in the accumulation type and folded on from
+/// `totals`: running it on consecutive row ranges of X that start at multiples of
+/// kSumBlockPoints (blocked_sum.hpp), carrying `totals` from one range to the next, gives
+/// bitwise the totals of one lloyd_step over all the rows. Lets a caller walk a large X in
+/// bounded pieces (for example to centre each piece in a small buffer instead of copying X).
+/// @param[in]     X, C, weights  as lloyd_step
+/// @param[out]    labels [B, N], sq_dist [B, N]
+/// @param[in,out] totals [B, K*D + K]: per-cluster sums of w_i x_i, then of w_i
+template <class T>
+void lloyd_step_accumulate(const Shape& s, const T* X, const T* C, const T* weights,
+                           int64_t* labels, T* sq_dist, accumulate_t<T>* totals);
+
 }  // namespace genfast::kmeans

@@ -4,6 +4,7 @@ results of the same kind as the input."""
 
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -11,7 +12,7 @@ from sklearn.utils.validation import validate_data
 
 from . import _backend as be
 
-__all__ = ["resolve_device", "validate_X", "same_kind"]
+__all__ = ["resolve_device", "validate_X", "same_kind", "restores_state_on_error"]
 
 
 def resolve_device(device, X):
@@ -65,3 +66,19 @@ def same_kind(result, X_in):
 
         return torch.from_numpy(np.ascontiguousarray(result))
     return result
+
+
+def restores_state_on_error(fit):
+    """Decorator for a fit method: if it raises (a bad input, or KeyboardInterrupt from a
+    Ctrl-C during a kernel), the estimator's attributes are put back as they were before the
+    call. An unfitted estimator stays unfitted, a fitted one keeps its previous fit, never a
+    mix of the two (validation sets n_features_in_ before the loop, for example)."""
+    @functools.wraps(fit)
+    def fit_or_restore(self, *args, **kwargs):
+        before = dict(vars(self))
+        try:
+            return fit(self, *args, **kwargs)
+        except BaseException:
+            self.__dict__ = before  # one assignment: a second Ctrl-C cannot land halfway
+            raise
+    return fit_or_restore

@@ -33,7 +33,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted
 
 from . import _backend as be
-from ._estimator import resolve_device, same_kind, validate_X
+from ._estimator import resolve_device, restores_state_on_error, same_kind, validate_X
 from . import ops
 
 __all__ = ["GaussianMixture", "Gaussian"]
@@ -43,6 +43,8 @@ INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 # scikit-learn's guard against empty components: N_k + 10 eps. The kernels centre the scatter
 # on sums / (N_k + 10 eps(float64)), so the same (float64) eps is used for every input dtype.
 _NK_EPS = 10 * np.finfo(np.float64).eps
+#: Bytes of (rows, K) log-responsibilities formed at a time by predict and fit_predict.
+_PIECE_BYTES = 16 << 20
 
 
 # ============================================================================ validation helpers
@@ -365,9 +367,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         X, place, best_params = self._fit(X)
         # A final E-step so that fit_predict(X) gives the labels of fit(X).predict(X) whatever
         # max_iter, tol and random_state (as scikit-learn does).
-        _, log_resp = self._e_step(X, place, best_params)
-        return self._out(place.argmax(log_resp), X_in)
+        weights, means, _, prec_chol = best_params
+        return self._out(self._most_probable(X, place, weights, means, prec_chol), X_in)
 
+    @restores_state_on_error
     def _fit(self, X):
         """EM from n_init initialisations; sets the fitted attributes and returns (X as the
         kernels take it, its placement, the best parameters in float64)."""
@@ -422,7 +425,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 f"Best performing initialization did not converge: after {best_n_iter} iterations the lower "
                 f"bound (mean log-likelihood) still changed by {best_change:.6g} in the last iteration, "
                 f"not less than tol={self.tol:g}. Try different init parameters, or increase max_iter, "
-                "tol, or check for degenerate data.", ConvergenceWarning, stacklevel=2)
+                "tol, or check for degenerate data.", ConvergenceWarning, stacklevel=4)
 
         self._set_parameters(best_params, place.dtype)
         self.converged_ = bool(converged_best)
@@ -525,12 +528,22 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                                                 float(self.reg_covar), X.shape[1])
         return nk, means, covariances
 
-    def _e_step(self, X, place, params):
-        """(mean log-likelihood, log-responsibilities (N, K) where X lives)."""
-        weights, means, _, prec_chol = params
-        log_prob, log_resp = ops.gmm_log_resp(X, place.put(weights), place.put(means), place.put(prec_chol),
-                                              self.covariance_type, return_log_resp=True, check_finite=False)
-        return place.mean(log_prob), log_resp
+    def _most_probable(self, X, place, weights, means, prec_chol):
+        """argmax_k log p(k | x) of every sample, from the E-step on pieces of rows of X, so
+        that the (N, K) log-responsibilities never exist at once (at N=20M, K=16 float32 they
+        took 1.28 GB)."""
+        weights, means, prec_chol = place.put(weights), place.put(means), place.put(prec_chol)
+        n = X.shape[0]
+        rows = max(1, _PIECE_BYTES // (means.shape[0] * np.dtype(place.dtype).itemsize))
+        labels = None
+        for i0 in range(0, n, rows):
+            _, log_resp = ops.gmm_log_resp(X[i0:i0 + rows], weights, means, prec_chol, self.covariance_type,
+                                           return_log_resp=True, check_finite=False)
+            piece = place.argmax(log_resp)
+            if labels is None:
+                labels = piece.new_empty(n) if place.torch else np.empty(n, dtype=piece.dtype)
+            labels[i0:i0 + rows] = piece
+        return labels
 
     def _em_step(self, X, place, params):
         """scikit-learn's E-step then M-step in one pass over X, without the (N, K)
@@ -623,8 +636,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def predict(self, X):
         """Most probable component of each sample (n_samples,) int64."""
         Xv, place = self._predict_input(X)
-        _, log_resp = self._log_prob_resp(Xv, place, True)
-        return self._out(place.argmax(log_resp), X)
+        return self._out(self._most_probable(Xv, place, self.weights_, self.means_, self.precisions_cholesky_), X)
 
     def predict_proba(self, X):
         """Posterior probability of each component (n_samples, n_components)."""
@@ -702,6 +714,7 @@ class Gaussian(DensityMixin, BaseEstimator):
         self.reg_covar = reg_covar
         self.device = device
 
+    @restores_state_on_error
     def fit(self, X, y=None, sample_weight=None):
         """Weighted maximum-likelihood mean and covariance of X (n_samples, n_features)."""
         _check_covariance_type(self.covariance_type)

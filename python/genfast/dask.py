@@ -42,6 +42,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("genfast.dask needs dask: pip install 'genfast[dask]'") from exc
 
 from . import ops
+from ._estimator import restores_state_on_error
 from ._kmeans import KMeans as _SingleKMeans
 from ._kmeans import _HostArrays, _moved_centers
 from ._mixture import GaussianMixture as _SingleGaussianMixture
@@ -233,6 +234,7 @@ class KMeans(ClusterMixin, BaseEstimator):
         if n_samples < self.n_clusters:
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={self.n_clusters}.")
 
+    @restores_state_on_error
     def fit(self, X, y=None, sample_weight=None):
         """Compute k-means clustering of X (a dask array (n_samples, n_features) chunked by
         rows, or a numpy array), optionally weighted by sample_weight (n_samples,)."""
