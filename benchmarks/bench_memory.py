@@ -33,9 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _harness as H  # noqa: E402
+from genfast.bench import _harness as H
 
 NAME = "memory"
 CASES = ["kmeans_fit", "gmm_score_samples", "gmm_predict"]
