@@ -128,6 +128,16 @@ def test_kmeans_parallel_init(client, rng, seed):
     np.testing.assert_array_equal(first.cluster_centers_, second.cluster_centers_)
 
 
+def test_kmeans_parallel_round_that_picks_no_point(client, rng, seed):
+    """A k-means|| round may sample no new candidate (here about 1 in 2 rounds, with
+    oversampling_factor * K = 0.6 expected picks): the next round keeps d^2(x, C) as it was
+    instead of assigning to an empty set of centres (which raised 'C must hold at least one
+    centre', seen on 2 of 3 clusters of 600 normal points)."""
+    X = rng.standard_normal((600, 3))
+    km = gdask.KMeans(2, oversampling_factor=0.3, init_rounds=12, random_state=seed).fit(on_cluster(client, X, 200))
+    assert km.cluster_centers_.shape == (2, 3) and np.isfinite(km.inertia_), f"seed={seed}"
+
+
 # ============================================================================ GaussianMixture
 def initial_parameters(rng, X, K, covariance_type):
     """(weights_init, means_init, precisions_init) of a random starting model."""

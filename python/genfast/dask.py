@@ -312,8 +312,10 @@ class KMeans(ClusterMixin, BaseEstimator):
         sq_dist = [None] * len(x_blocks)
         for _ in range(self.init_rounds):
             # d^2(x, C) = min(d^2 to the earlier candidates, d^2 to the new ones), kept on the workers
-            sq_dist = dask.persist(*[delayed(_nearest_sq_dist, pure=True)(x, offset, new, before)
-                                     for x, before in zip(x_blocks, sq_dist)])
+            # (a round that picked no point leaves it as it was)
+            if len(new):
+                sq_dist = dask.persist(*[delayed(_nearest_sq_dist, pure=True)(x, offset, new, before)
+                                         for x, before in zip(x_blocks, sq_dist)])
             (potential,) = _map_reduce(_potential_chunk, _sum_parts, [sq_dist, w_blocks])
             if potential == 0:
                 break  # every point sits on a candidate
