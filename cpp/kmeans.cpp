@@ -187,8 +187,8 @@ template <class T> class NearestCenters {
           if (k == std::numeric_limits<Lane>::max()) continue;
           // Runner-up of the row: the best of the other lanes or the lanes' own runners-up.
           const V others = best_k[r] == simd::broadcast<M>(k) ? simd::broadcast<V>(inf) : best[r];
-          const T row_runner_up = std::min(simd::all_lanes_min<V, M>(others)[0],
-                                           simd::all_lanes_min<V, M>(runner_up[r])[0]);
+          const T row_runner_up =
+              simd::all_lanes_min<V, M>(others < runner_up[r] ? others : runner_up[r])[0];
           T& kept = best_score[r0 + r];
           const bool row_wins = closer<T>(score, int64_t(k), kept, best_label[r0 + r]);
           runner_up_score[r0 + r] = std::min({runner_up_score[r0 + r], row_runner_up,
@@ -203,15 +203,13 @@ template <class T> class NearestCenters {
     const T* Cb = C_ + b * s_.K * s_.D;
     for (int64_t i = 0; i < n; ++i) {
       const T* x = Xc + i * s_.D;
-      const auto error = rank_score_error<T>(euclidean_norm(x, s_.D), packed_.max_norm(b), s_.D);
-      int64_t& label = labels[b * s_.N + i0 + i];
-      T& dist = sq_dist[b * s_.N + i0 + i];
-      if (near_tie(best_score[i], runner_up_score[i], error)) {
+      int64_t label = best_label[i];
+      T dist = exact_sq_dist(x, Cb + label * s_.D, s_.D);
+      if (near_tie(best_score[i], runner_up_score[i],
+                   rank_score_error<T>(dist, packed_.max_norm(b), s_.D)))
         label = nearest_exact(x, Cb, s_.K, s_.D, &dist);
-      } else {
-        label = best_label[i];
-        dist = exact_sq_dist(x, Cb + label * s_.D, s_.D);
-      }
+      labels[b * s_.N + i0 + i] = label;
+      sq_dist[b * s_.N + i0 + i] = dist;
     }
   }
 

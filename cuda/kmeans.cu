@@ -251,16 +251,12 @@ __global__ void __launch_bounds__(kAssignThreads)
       const T* Cb = C + b * s.K * s.D;
       accumulate_t<T> largest = 0;
       for (int t = 0; t < kCentres; ++t) largest = max(largest, max_c_norm[t]);
-      const auto error = rank_score_error<T>(euclidean_norm(x, s.D), sqrt(largest), s.D);
-      if (near_tie(best_score[tid], runner_up_score[tid], error)) {
-        T dist;
-        labels[m] = nearest_exact(x, Cb, s.K, s.D, &dist);
-        sq_dist[m] = dist;
-      } else {
-        const int64_t k = best_label[tid];
-        labels[m] = k;
-        sq_dist[m] = exact_sq_dist(x, Cb + k * s.D, s.D);
-      }
+      int64_t k = best_label[tid];
+      T dist = exact_sq_dist(x, Cb + k * s.D, s.D);
+      const auto error = rank_score_error<T>(dist, sqrt(largest), s.D);
+      if (near_tie(best_score[tid], runner_up_score[tid], error)) k = nearest_exact(x, Cb, s.K, s.D, &dist);
+      labels[m] = k;
+      sq_dist[m] = dist;
     }
   }
 }

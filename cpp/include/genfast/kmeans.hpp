@@ -80,14 +80,6 @@ GENFAST_HD T sq_norm(const T* c, int64_t D) {
   return T(s);
 }
 
-/// ||x|| from the same left fold as sq_norm, kept in the accumulation type.
-template <class T>
-GENFAST_HD accumulate_t<T> euclidean_norm(const T* x, int64_t D) {
-  accumulate_t<T> s = 0;
-  for (int64_t d = 0; d < D; ++d) s = add_sq(s, x[d]);
-  return std::sqrt(s);
-}
-
 // ---- near ties of the rank score ---------------------------------------------------------
 // The kernels rank centres by rank_score, whose rounding error grows with ||x|| and ||c||,
 // not with ||x-c||: in float32 two centres whose true distances differ by less than that
@@ -99,13 +91,15 @@ GENFAST_HD accumulate_t<T> euclidean_norm(const T* x, int64_t D) {
 /// summation of the D products and the norm (as long as each step rounds once to T):
 /// gamma_{D+2} (||c||^2 + 2 ||x|| ||c||) with gamma_n = n u / (1 - n u), u = eps(T) / 2,
 /// taking the largest centre norm so that one bound covers every centre (Cauchy-Schwarz:
-/// sum_d |x_d c_d| <= ||x|| ||c||). +inf when n u >= 1/2 (every point is re-ranked).
-/// @param[in] x_norm     ||x||
-/// @param[in] max_c_norm largest ||c|| over the centres of the problem
+/// sum_d |x_d c_d| <= ||x|| ||c||). ||x|| is bounded by ||x - c_best|| + ||c_best|| from the
+/// winner's exact distance, which the kernels compute anyway (summing ||x||^2 would cost a
+/// serial O(D) chain per point). +inf when n u >= 1/2 (every point is re-ranked).
+/// @param[in] best_sq_dist exact_sq_dist of the point to the best-scoring centre
+/// @param[in] max_c_norm   largest ||c|| over the centres of the problem
 template <class T>
-GENFAST_HD accumulate_t<T> rank_score_error(accumulate_t<T> x_norm, accumulate_t<T> max_c_norm,
-                                            int64_t D) {
+GENFAST_HD accumulate_t<T> rank_score_error(T best_sq_dist, accumulate_t<T> max_c_norm, int64_t D) {
   using A = accumulate_t<T>;
+  const A x_norm = std::sqrt(A(best_sq_dist)) + max_c_norm;
   const A u = A(std::numeric_limits<T>::epsilon()) / 2;
   const A nu = A(D + 2) * u;
   if (!(nu < A(0.5))) return std::numeric_limits<A>::infinity();
