@@ -8,6 +8,7 @@
 #include <genfast/simd.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <stdexcept>
 #include <vector>
@@ -44,7 +45,8 @@ template <class T> class PackedCenters {
       : panels_((s.K + width - 1) / width),
         D_(s.D),
         data_(size_t(s.B * panels_ * s.D * cols)),
-        norms_(size_t(s.B * panels_ * cols)) {
+        norms_(size_t(s.B * panels_ * cols)),
+        max_norm_(size_t(s.B)) {
 #pragma omp parallel for schedule(static)
     for (int64_t bp = 0; bp < s.B * panels_; ++bp) {
       const int64_t b = bp / panels_, k0 = (bp % panels_) * width;
@@ -57,23 +59,34 @@ template <class T> class PackedCenters {
         norm[j] = k < s.K ? sq_norm(c, D_) : std::numeric_limits<T>::infinity();
       }
     }
+    // Largest ||c|| of each problem, for the rank-score error bound (padding excluded).
+    for (int64_t b = 0; b < s.B; ++b) {
+      const T* norm = reinterpret_cast<const T*>(&norms_[size_t(b * panels_ * cols)]);
+      T largest = 0;
+      for (int64_t k = 0; k < s.K; ++k) largest = std::max(largest, norm[k]);
+      max_norm_[size_t(b)] = std::sqrt(accumulate_t<T>(largest));
+    }
   }
   int64_t panels() const { return panels_; }
   const V* panel(int64_t b, int64_t p) const { return &data_[size_t((b * panels_ + p) * D_ * cols)]; }
   const V* norm(int64_t b, int64_t p) const { return &norms_[size_t((b * panels_ + p) * cols)]; }
+  accumulate_t<T> max_norm(int64_t b) const { return max_norm_[size_t(b)]; }
 
  private:
   int64_t panels_, D_;
   std::vector<V> data_;   // [B][panels][D][cols] vectors
   std::vector<V> norms_;  // [B][panels][cols] vectors of ||c||^2
+  std::vector<accumulate_t<T>> max_norm_;  // [B] largest ||c||
 };
 
-/// Scores `rows` points against one panel and folds them into each point's per-lane best.
+/// Scores `rows` points against one panel and folds them into each point's per-lane best
+/// and per-lane runner-up score (the second smallest a lane has seen, for near_tie).
 /// x[r] points at the r-th point's features; first_k is the panel's first centre index.
 template <class T>
 inline void score_panel(const T* const* x, const simd::vec_t<T>* panel,
                         const simd::vec_t<T>* norm, int64_t D, simd::mask_t<T> first_k,
-                        simd::vec_t<T>* best, simd::mask_t<T>* best_k) {
+                        simd::vec_t<T>* best, simd::mask_t<T>* best_k,
+                        simd::vec_t<T>* runner_up) {
   using V = simd::vec_t<T>;
   using M = simd::mask_t<T>;
   constexpr int R = Tile<T>::rows;
@@ -103,6 +116,12 @@ inline void score_panel(const T* const* x, const simd::vec_t<T>* panel,
     const V s = take1 ? score1[r] : score0[r];
     const M k = take1 ? second_k : first_k;
     const M better = s < best[r];
+    // runner-up of {best, runner_up, score0, score1}: the larger new score, or whichever of
+    // best and the smaller new score loses.
+    const V larger = take1 ? score0[r] : score1[r];
+    const V loser = better ? best[r] : s;
+    const V demoted = larger < loser ? larger : loser;
+    runner_up[r] = demoted < runner_up[r] ? demoted : runner_up[r];
     best[r] = better ? s : best[r];
     best_k[r] = better ? k : best_k[r];
   }
@@ -138,9 +157,10 @@ template <class T> class NearestCenters {
     constexpr int W = Tile<T>::width;
     const T inf = std::numeric_limits<T>::infinity();
     const T* Xc = X + (b * s_.N + i0) * s_.D;
-    T best_score[kChunkPoints];
+    T best_score[kChunkPoints], runner_up_score[kChunkPoints];
     int64_t best_label[kChunkPoints];
     std::fill(best_score, best_score + n, inf);
+    std::fill(runner_up_score, runner_up_score + n, inf);
     std::fill(best_label, best_label + n, int64_t(0));
     M lane_index;
     for (int l = 0; l < L; ++l) lane_index[l] = Lane(l);
@@ -151,32 +171,46 @@ template <class T> class NearestCenters {
         // A short last tile repeats its last point; the extra rows are discarded.
         const T* x[R];
         for (int r = 0; r < R; ++r) x[r] = Xc + std::min(r0 + r, n - 1) * s_.D;
-        V best[R];
+        V best[R], runner_up[R];
         M best_k[R];
         for (int r = 0; r < R; ++r) {
-          best[r] = simd::broadcast<V>(inf);
+          best[r] = runner_up[r] = simd::broadcast<V>(inf);
           best_k[r] = M{};
         }
         for (int64_t p = p0; p < p1; ++p)
           score_panel<T>(x, packed_.panel(b, p), packed_.norm(b, p), s_.D,
-                         lane_index + Lane(p * W), best, best_k);
+                         lane_index + Lane(p * W), best, best_k, runner_up);
         // Fold the lanes of each row into the point's running best, lowest index on ties.
         for (int r = 0; r < R && r0 + r < n; ++r) {
           const T score = simd::all_lanes_min<V, M>(best[r])[0];
           const Lane k = lowest_index_of_min<T>(best[r], best_k[r], score);
           // k is the Lane max only if no lane equals the minimum (NaN scores): keep the old best.
-          if (k != std::numeric_limits<Lane>::max() &&
-              closer<T>(score, int64_t(k), best_score[r0 + r], best_label[r0 + r])) {
-            best_score[r0 + r] = score;
+          if (k == std::numeric_limits<Lane>::max()) continue;
+          // Runner-up of the row: the best of the other lanes or the lanes' own runners-up.
+          const V others = best_k[r] == simd::broadcast<M>(k) ? simd::broadcast<V>(inf) : best[r];
+          const T row_runner_up =
+              simd::all_lanes_min<V, M>(others < runner_up[r] ? others : runner_up[r])[0];
+          T& kept = best_score[r0 + r];
+          const bool row_wins = closer<T>(score, int64_t(k), kept, best_label[r0 + r]);
+          runner_up_score[r0 + r] = std::min({runner_up_score[r0 + r], row_runner_up,
+                                              row_wins ? kept : score});
+          if (row_wins) {
+            kept = score;
             best_label[r0 + r] = int64_t(k);
           }
         }
       }
     }
+    const T* Cb = C_ + b * s_.K * s_.D;
     for (int64_t i = 0; i < n; ++i) {
-      const int64_t k = best_label[i];
-      labels[b * s_.N + i0 + i] = k;
-      sq_dist[b * s_.N + i0 + i] = exact_sq_dist(Xc + i * s_.D, C_ + (b * s_.K + k) * s_.D, s_.D);
+      const T* x = Xc + i * s_.D;
+      int64_t label = best_label[i];
+      T dist = exact_sq_dist(x, Cb + label * s_.D, s_.D);
+      if (near_tie(best_score[i], runner_up_score[i],
+                   rank_score_error<T>(dist, packed_.max_norm(b), s_.D)))
+        label = nearest_exact(x, Cb, s_.K, s_.D, &dist);
+      labels[b * s_.N + i0 + i] = label;
+      sq_dist[b * s_.N + i0 + i] = dist;
     }
   }
 

@@ -129,6 +129,8 @@ __global__ void __launch_bounds__(kAssignThreads)
   __shared__ __align__(16) T cs[kDepth][kCentres + kPad];  // centre stage, [feature][centre]
   __shared__ T c_norm[kCentres];                           // ||c||^2 of the centre tile
   __shared__ int best_label[kPoints];                      // winners, for the output pass
+  __shared__ T best_score[kPoints], runner_up_score[kPoints];  // for near_tie
+  __shared__ accumulate_t<T> max_c_norm[kCentres];         // largest ||c||^2 seen per thread
 
   const int tid = threadIdx.x, tx = tid % kThreadsX, ty = tid / kThreadsX;
   const int64_t m0 = int64_t(blockIdx.x) * kPoints;
@@ -136,13 +138,14 @@ __global__ void __launch_bounds__(kAssignThreads)
 
   for (int64_t b = blockIdx.y; b < s.B; b += gridDim.y) {
     const T* Xt = X + (b * s.N + m0) * s.D;
-    T best[kRows];
+    T best[kRows], runner_up[kRows];
     int best_k[kRows];
 #pragma unroll
     for (int i = 0; i < kRows; ++i) {
-      best[i] = std::numeric_limits<T>::infinity();
+      best[i] = runner_up[i] = std::numeric_limits<T>::infinity();
       best_k[i] = 0;
     }
+    accumulate_t<T> largest_norm = 0;  // of centres k0 + tid, for tid < kCentres
 
     for (int64_t k0 = 0; k0 < s.K; k0 += kCentres) {
       const T* Ct = C + (b * s.K + k0) * s.D;
@@ -185,7 +188,10 @@ __global__ void __launch_bounds__(kAssignThreads)
         }
         __syncthreads();
       }
-      if (tid < kCentres) c_norm[tid] = T(norm);
+      if (tid < kCentres) {
+        c_norm[tid] = T(norm);
+        if (tid < n_centres) largest_norm = max(largest_norm, norm);
+      }
       __syncthreads();
 
       // ||x-c||^2 - ||x||^2 = ||c||^2 - 2 x.c ranks this tile's centres for each point.
@@ -196,7 +202,9 @@ __global__ void __launch_bounds__(kAssignThreads)
 #pragma unroll
           for (int i = 0; i < kRows; ++i) {
             const T score = rank_score(c_norm[tx * kCols + j], acc[i][j]);
-            if (closer(score, k, best[i], int64_t(best_k[i]))) {
+            const bool wins = closer(score, k, best[i], int64_t(best_k[i]));
+            runner_up[i] = min(runner_up[i], wins ? best[i] : score);
+            if (wins) {
               best[i] = score;
               best_k[i] = int(k);
             }
@@ -214,7 +222,11 @@ __global__ void __launch_bounds__(kAssignThreads)
       for (int lane_mask = 1; lane_mask < kThreadsX; lane_mask <<= 1) {
         const T other = __shfl_xor_sync(0xffffffffu, best[i], lane_mask);
         const int other_k = __shfl_xor_sync(0xffffffffu, best_k[i], lane_mask);
-        if (closer(other, int64_t(other_k), best[i], int64_t(best_k[i]))) {
+        const T other_runner_up = __shfl_xor_sync(0xffffffffu, runner_up[i], lane_mask);
+        const bool other_wins = closer(other, int64_t(other_k), best[i], int64_t(best_k[i]));
+        // The same on both lanes of the exchange: the loser of the two bests or a runner-up.
+        runner_up[i] = min(min(runner_up[i], other_runner_up), other_wins ? best[i] : other);
+        if (other_wins) {
           best[i] = other;
           best_k[i] = other_k;
         }
@@ -222,16 +234,29 @@ __global__ void __launch_bounds__(kAssignThreads)
     }
     if (tx == 0) {
 #pragma unroll
-      for (int i = 0; i < kRows; ++i) best_label[point_of(i, ty)] = best_k[i];
+      for (int i = 0; i < kRows; ++i) {
+        best_label[point_of(i, ty)] = best_k[i];
+        best_score[point_of(i, ty)] = best[i];
+        runner_up_score[point_of(i, ty)] = runner_up[i];
+      }
     }
+    if (tid < kCentres) max_c_norm[tid] = largest_norm;
     __syncthreads();
 
-    // One thread per point writes the label and recomputes sum_d (x_d - c_d)^2 directly.
+    // One thread per point writes the label and recomputes sum_d (x_d - c_d)^2 directly;
+    // a point whose runner-up is within the rank score's error is re-ranked exactly.
     if (tid < n_points) {
       const int64_t m = b * s.N + m0 + tid;
-      const int64_t k = best_label[tid];
+      const T* x = X + m * s.D;
+      const T* Cb = C + b * s.K * s.D;
+      accumulate_t<T> largest = 0;
+      for (int t = 0; t < kCentres; ++t) largest = max(largest, max_c_norm[t]);
+      int64_t k = best_label[tid];
+      T dist = exact_sq_dist(x, Cb + k * s.D, s.D);
+      const auto error = rank_score_error<T>(dist, sqrt(largest), s.D);
+      if (near_tie(best_score[tid], runner_up_score[tid], error)) k = nearest_exact(x, Cb, s.K, s.D, &dist);
       labels[m] = k;
-      sq_dist[m] = exact_sq_dist(X + m * s.D, C + (b * s.K + k) * s.D, s.D);
+      sq_dist[m] = dist;
     }
   }
 }

@@ -252,3 +252,37 @@ def test_kmeans_cuda_methods_on_cuda_tensors(rng, seed):
     np.testing.assert_allclose(to_np(T), expected, rtol=1e-3, atol=1e-3, err_msg=f"seed={seed}")
     np.testing.assert_allclose(km.score(Xc), -km.inertia_, rtol=1e-4, err_msg=f"seed={seed}")
     np.testing.assert_array_equal(to_np(Xc), X0, err_msg=f"X modified; seed={seed}")
+
+
+@pytest.mark.parametrize("estimator", ["KMeans", "GaussianMixture"])
+def test_cuda_out_of_memory_during_fit_is_a_clear_error_and_the_process_stays_usable(estimator, rng, seed):
+    """_cuda never allocates: outputs and workspaces come from torch's caching allocator, so an
+    out-of-memory during fit is torch's OutOfMemoryError (a RuntimeError saying 'out of
+    memory'), raised before any kernel is launched. Afterwards the device still works: a small
+    fit on the GPU gives the CPU's result."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    make = {"KMeans": lambda: genfast.KMeans(n_clusters=8, n_init=1, max_iter=5, random_state=0),
+            "GaussianMixture": lambda: genfast.GaussianMixture(4, covariance_type="diag", max_iter=5,
+                                                               random_state=0)}[estimator]
+    X = torch.from_numpy(rng.standard_normal((2_000_000, 16)).astype(np.float32)).to(device)
+    torch.cuda.synchronize(device)
+    total = torch.cuda.get_device_properties(device).total_memory
+    # Cap the allocator just above what it holds now: the fit's first output does not fit.
+    torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_reserved(device) + 2**20) / total, device)
+    try:
+        with pytest.raises(RuntimeError, match="(?i)out of memory"):
+            make().fit(X)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        del X
+        torch.cuda.empty_cache()
+    from sklearn.datasets import make_blobs
+
+    small, _ = make_blobs(n_samples=3000, n_features=5, centers=4, random_state=int(rng.integers(2**31)))
+    on_gpu = make().fit(torch.from_numpy(small).to(device))
+    on_cpu = make().fit(small)
+    if estimator == "KMeans":
+        np.testing.assert_array_equal(to_np(on_gpu.labels_), on_cpu.labels_, err_msg=f"seed={seed}")
+    else:
+        np.testing.assert_allclose(to_np(on_gpu.means_), on_cpu.means_, rtol=1e-4, atol=1e-4,
+                                   err_msg=f"seed={seed}")

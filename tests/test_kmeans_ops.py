@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from conftest import (
     SHAPES,
+    SQ_DIST_RTOL,
     WRITE_ASSIGN_SHAPES,
     WRITE_UPDATE_SHAPES,
     as_kind,
@@ -27,6 +28,7 @@ from conftest import (
     random_problem,
     random_update_problem,
     random_weights,
+    ref_sq_dists,
     to_np,
     torch_or_skip,
 )
@@ -73,6 +75,46 @@ def test_assign_centres_are_the_points(shape, dtype, rng, seed):
     expected = np.broadcast_to(np.argsort(perm), labels.shape)
     np.testing.assert_array_equal(labels, expected, err_msg=f"seed={seed}")
     np.testing.assert_array_equal(sq_dist, np.zeros_like(sq_dist), err_msg=f"seed={seed}")
+
+
+# Centre pairs (i, j) made near-tied below: both in one panel; in different panels and lanes;
+# in the same SIMD lane of different panels (float32 AVX-512: 16 lanes, panels of 32).
+NEAR_TIE_PAIRS = {"same_panel": (0, 1), "other_panel": (3, 40), "same_lane": (5, 37)}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pair", NEAR_TIE_PAIRS.values(), ids=NEAR_TIE_PAIRS.keys())
+def test_assign_resolves_near_ties_by_the_direct_distance(pair, dtype, kind):
+    """Regression (seed 366607134, D1_K65, float32): far from the origin, the rank score
+    ||c||^2 - 2 x.c rounds by more than the gap between two centres' true distances, and the
+    kernel picked the farther centre. Two centres at base - 0.25 and base + 0.26 with points
+    swept across their midpoint: every label must be the exact nearest centre, with no
+    rounding-tie allowance, and sq_dist the exact distance to it."""
+    base = {"float32": 1000.0, "float64": 3.0e7}[dtype]  # rank-score error ~0.2 in both
+    K, D = 65, 3
+    i, j = pair
+    C = np.full((K, D), base) + 50.0 * np.arange(1, K + 1)[:, None]  # the other centres: far away
+    C[i] = base - 0.25
+    C[j] = base + 0.26
+    X = np.repeat((base + np.linspace(-0.12, 0.13, 601))[:, None], D, axis=1)
+    X, C = X.astype(dtype), C.astype(dtype)
+    full = ref_sq_dists(X, C)  # float64 from the float32/float64 values: exact here
+    expected = np.argmin(full, axis=1)
+    assert set(expected) == {i, j}, "the sweep must cross the midpoint"
+    # The case is hard: the expanded form in the data's own precision gets some labels wrong.
+    expanded = (C * C).sum(axis=1)[None, :] - 2 * (X @ C.T)
+    assert (np.argmin(expanded, axis=1) != expected).any(), "the construction no longer near-ties"
+    Xk, Ck = as_kind(kind, X, C)
+    labels, sq_dist = ops.kmeans_assign(Xk, Ck)
+    step_labels = ops.kmeans_lloyd_step(Xk, Ck)[0]
+    for what, got in (("kmeans_assign", labels), ("kmeans_lloyd_step", step_labels)):
+        wrong = np.flatnonzero(to_np(got) != expected)
+        assert wrong.size == 0, (
+            f"{what} ({kind}, {dtype}): {wrong.size} points labelled with the farther centre, first "
+            f"x={X[wrong[0], 0]!r} got {to_np(got)[wrong[0]]} expected {expected[wrong[0]]}")
+    np.testing.assert_allclose(to_np(sq_dist).astype(np.float64), full[np.arange(len(X)), expected],
+                               rtol=SQ_DIST_RTOL[dtype], atol=0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

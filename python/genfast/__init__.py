@@ -9,6 +9,12 @@
 - ``genfast.reference``: the pure-numpy float64 oracle the kernels are tested against.
 - ``genfast.show_config()``: what was built and what this process can use.
 - ``genfast.dask``: KMeans and GaussianMixture on dask arrays (needs ``genfast[dask]``).
+
+Threads: the CPU kernels run on OpenMP (``OMP_NUM_THREADS``; ``show_config()`` prints the
+count) and release the GIL, so Python threads may call them concurrently. Results do not
+depend on the thread count. ``threadpoolctl.threadpool_limits`` limits them; like every OpenMP
+setting the limit holds for the Python thread that sets it. The kernels never call BLAS and
+the estimators call numpy (BLAS) only between kernel calls, so the two pools never compute at once.
 """
 
 from . import mc, ops, reference

@@ -4,6 +4,9 @@
 
 #include <genfast/common.hpp>
 
+#include <cmath>
+#include <limits>
+
 namespace genfast::kmeans {
 
 /// Shapes of one (possibly batched) k-means problem: B independent problems of N points
@@ -75,6 +78,61 @@ GENFAST_HD T sq_norm(const T* c, int64_t D) {
   accumulate_t<T> s = 0;
   for (int64_t d = 0; d < D; ++d) s = add_sq(s, c[d]);
   return T(s);
+}
+
+// ---- near ties of the rank score ---------------------------------------------------------
+// The kernels rank centres by rank_score, whose rounding error grows with ||x|| and ||c||,
+// not with ||x-c||: in float32 two centres whose true distances differ by less than that
+// error can swap. A point whose runner-up score lies within the error bound of its best is
+// therefore re-ranked by exact_sq_dist (nearest_exact); the bound is rarely reached, so the
+// common case keeps the fast expanded form.
+
+/// Bound on |computed - true| rank score of any centre for one point, for any order of
+/// summation of the D products and the norm (as long as each step rounds once to T):
+/// gamma_{D+2} (||c||^2 + 2 ||x|| ||c||) with gamma_n = n u / (1 - n u), u = eps(T) / 2,
+/// taking the largest centre norm so that one bound covers every centre (Cauchy-Schwarz:
+/// sum_d |x_d c_d| <= ||x|| ||c||). ||x|| is bounded by ||x - c_best|| + ||c_best|| from the
+/// winner's exact distance, which the kernels compute anyway (summing ||x||^2 would cost a
+/// serial O(D) chain per point). +inf when n u >= 1/2 (every point is re-ranked).
+/// @param[in] best_sq_dist exact_sq_dist of the point to the best-scoring centre
+/// @param[in] max_c_norm   largest ||c|| over the centres of the problem
+template <class T>
+GENFAST_HD accumulate_t<T> rank_score_error(T best_sq_dist, accumulate_t<T> max_c_norm, int64_t D) {
+  using A = accumulate_t<T>;
+  const A x_norm = std::sqrt(A(best_sq_dist)) + max_c_norm;
+  const A u = A(std::numeric_limits<T>::epsilon()) / 2;
+  const A nu = A(D + 2) * u;
+  if (!(nu < A(0.5))) return std::numeric_limits<A>::infinity();
+  return nu / (1 - nu) * max_c_norm * (max_c_norm + 2 * x_norm);
+}
+
+/// Whether the runner-up score may belong to a truly nearer centre than the best one: both
+/// true scores lie within `error` of the computed ones, so a gap of up to 2 error is a tie.
+template <class T>
+GENFAST_HD bool near_tie(T best_score, T runner_up_score, accumulate_t<T> error) {
+  using A = accumulate_t<T>;
+  return A(runner_up_score) - A(best_score) <= 2 * error;
+}
+
+/// Nearest of K centres by exact_sq_dist, lowest index on ties; writes that distance.
+/// Re-ranking all K (rather than only the near-tied candidates) gives the same label: a centre
+/// outside the tie window is farther than the best by more than exact_sq_dist's rounding.
+/// @param[in]  x       [D] the point
+/// @param[in]  C       [K, D] the centres of its problem
+/// @param[out] sq_dist squared distance to the returned centre
+template <class T>
+GENFAST_HD int64_t nearest_exact(const T* x, const T* C, int64_t K, int64_t D, T* sq_dist) {
+  int64_t best_k = 0;
+  T best = exact_sq_dist(x, C, D);
+  for (int64_t k = 1; k < K; ++k) {
+    const T d = exact_sq_dist(x, C + k * D, D);
+    if (d < best) {
+      best = d;
+      best_k = k;
+    }
+  }
+  *sq_dist = best;
+  return best_k;
 }
 
 }  // namespace genfast::kmeans
