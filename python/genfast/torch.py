@@ -26,6 +26,7 @@ This module imports torch; ``import genfast`` does not import it.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -191,7 +192,8 @@ def _data(x, decoder_out, decoder_logvar, out_name, logvar_name="decoder_logvar"
         if decoder_logvar.shape != x.shape:
             raise ValueError(f"{logvar_name} has shape {tuple(decoder_logvar.shape)} but x has "
                              f"{tuple(x.shape)}; they must match")
-    flat = lambda t: None if t is None else t.reshape(t.shape[0], -1)  # noqa: E731
+    # (B, D) with D = the product of the feature sizes (reshape(B, -1) fails when B is 0)
+    flat = lambda t: None if t is None else t.reshape(t.shape[0], math.prod(t.shape[1:]))  # noqa: E731
     return flat(x), flat(decoder_out), flat(decoder_logvar)
 
 
