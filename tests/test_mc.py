@@ -211,6 +211,23 @@ def test_torch_logmeanexp_all_minus_inf_row_has_zero_gradient(rng):
     np.testing.assert_allclose(a.grad[0].numpy(), torch.softmax(a.detach()[0], 0).numpy(), rtol=1e-12)
 
 
+@pytest.mark.parametrize("shape, dim", [((3, 0), -1), ((0,), 0), ((2, 0, 4), 1)])
+def test_torch_logmeanexp_with_no_samples_raises_value_error(shape, dim):
+    """Found by the property tests: an empty slice reached torch's reshape(-1, 0), which
+    raised RuntimeError ('cannot reshape tensor of 0 elements'); now the ValueError that
+    ops.logmeanexp gives, naming a."""
+    with pytest.raises(ValueError, match=r"^a has no samples"):
+        gt.logmeanexp(torch.zeros(shape), dim)
+    assert gt.logmeanexp(torch.zeros(0, 3), -1).shape == (0,)  # no rows but samples: empty result
+
+
+def test_logmeanexp_takes_lists_like_the_other_ops():
+    """Found by the property tests: a list reached a.ndim and raised AttributeError."""
+    np.testing.assert_allclose(ops.logmeanexp([[0.0, math.log(3.0)]]), [math.log(2.0)], rtol=1e-15)
+    with pytest.raises(TypeError, match=r"^a must be a real numeric array"):
+        ops.logmeanexp([["x", "y"]])
+
+
 # --------------------------------------------------------------------------- bad inputs
 def test_bad_inputs_name_the_argument(rng):
     a = rng.normal(size=(3, 4))

@@ -588,6 +588,7 @@ def logmeanexp_stats(a, dim: int = -1):
     float64 (results in a's dtype; sums accumulated in float64)."""
     place = be.placement_of("a", a)
     _no_cuda_yet("a", place)
+    a = a if be.is_torch(a) else np.asarray(a)  # lists and scalars too, as the other ops take them
     ndim = a.ndim
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not -ndim <= dim < ndim:
         raise ValueError(f"dim must be an int in [-{ndim}, {ndim}) for a with shape {tuple(a.shape)}, got {dim!r}")

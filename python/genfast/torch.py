@@ -271,7 +271,9 @@ def logmeanexp(a: Tensor, dim: int = -1) -> Tensor:
     if isinstance(dim, bool) or not isinstance(dim, int) or not -a.ndim <= dim < a.ndim:
         raise ValueError(f"dim must be an int in [-{a.ndim}, {a.ndim}) for a with shape {tuple(a.shape)}, got {dim!r}")
     moved = a.movedim(dim, -1)
-    return logmeanexp_rows(moved.reshape(-1, moved.shape[-1])).reshape(moved.shape[:-1])
+    # rows given explicitly: reshape(-1, 0) of an empty slice is ambiguous to torch
+    rows = moved.reshape(math.prod(moved.shape[:-1]), moved.shape[-1])
+    return logmeanexp_rows(rows).reshape(moved.shape[:-1])
 
 
 
