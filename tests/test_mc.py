@@ -221,6 +221,16 @@ def test_torch_logmeanexp_with_no_samples_raises_value_error(shape, dim):
     assert gt.logmeanexp(torch.zeros(0, 3), -1).shape == (0,)  # no rows but samples: empty result
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_torch_logmeanexp_gradient_of_large_log_weights_is_the_softmax(dtype):
+    """Found by the property tests: the gradient was exp(a_j - result) / M with the result
+    rounded to the dtype; for float32 log-weights near 1e14 (ulp 8e6 > log M) it came out
+    as 1/M instead of the softmax (0.5 instead of 1 here). Now shifted by the row's max."""
+    a = torch.tensor([[1.2573e14, -1.32e14], [3e38, 3e38]], dtype=dtype, requires_grad=True)
+    gt.logmeanexp(a).sum().backward()
+    assert a.grad.tolist() == [[1.0, 0.0], [0.5, 0.5]]
+
+
 def test_logmeanexp_takes_lists_like_the_other_ops():
     """Found by the property tests: a list reached a.ndim and raised AttributeError."""
     np.testing.assert_allclose(ops.logmeanexp([[0.0, math.log(3.0)]]), [math.log(2.0)], rtol=1e-15)

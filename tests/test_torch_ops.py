@@ -384,6 +384,16 @@ def test_empty_batch_or_features_do_not_crash_the_reshape(shape):
     assert value.shape == (B,) and (value == 0).all()
 
 
+def test_elbo_of_an_empty_batch_with_mean_reduction():
+    """Found by the property tests: reduction='mean' divided by B = 0 (ZeroDivisionError);
+    now the mean over no samples is NaN, as torch's mean of an empty tensor."""
+    x = torch.zeros(0, 3, requires_grad=True)
+    mu = torch.zeros(0, 2, requires_grad=True)
+    value = gt.elbo(x, x, mu, mu)
+    assert value.shape == () and math.isnan(value.item())
+    assert gt.elbo(x, x, mu, mu, reduction="sum").item() == 0.0
+
+
 def test_direct_op_call_without_gradient_rows_refuses_to_backpropagate():
     args = good_args()
     out = args["decoder_out"].requires_grad_()
