@@ -292,3 +292,16 @@ def test_core_rejects_inconsistent_arrays():
         _core.elbo(mu=np.zeros((4, 2), np.float32), kl=np.zeros(4, np.float32))
     with pytest.raises(TypeError):  # one dtype for every array (noconvert)
         _core.elbo(x=x, decoder_out=x.astype(np.float64), rec=np.zeros(4, np.float32))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_elbo_with_beta_zero_is_rec_even_when_kl_is_infinite(dtype):
+    """Found by the property tests: with beta = 0 and a logvar whose exp overflows (kl = inf)
+    the ELBO was rec - 0 * inf = NaN; the KL term weighted by 0 is now dropped."""
+    x = np.zeros((2, 3), dtype)
+    mu = np.zeros((2, 1), dtype)
+    logvar = np.array([[1e4], [0.0]], dtype)
+    elbo, rec, kl = ops.elbo(x, x, mu, logvar, likelihood="gaussian", beta=0.0)
+    assert kl[0] == np.inf and np.isfinite(rec).all()
+    np.testing.assert_array_equal(elbo, rec)
+    assert ops.elbo(x, x, mu, logvar, likelihood="gaussian", beta=1.0)[0][0] == -np.inf

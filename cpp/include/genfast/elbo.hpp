@@ -65,6 +65,10 @@ template <class T> struct Problem {
   T* grad_mu = nullptr;              ///< [B, L] kl_scale d kl_b / d mu
   T* grad_logvar = nullptr;          ///< [B, L] kl_scale d kl_b / d logvar
 
+  /// ELBO_b = rec_b - beta kl_b; beta = 0 drops the KL term (an infinite kl_b times 0 is NaN).
+  template <class C> GENFAST_HD C elbo_value(C rec_b, C kl_b) const {
+    return beta == 0 ? rec_b : rec_b - C(beta) * kl_b;
+  }
   GENFAST_HD bool wants_values() const { return elbo || rec || kl; }
   GENFAST_HD bool wants_reconstruction_gradients() const {
     return grad_x || grad_decoder_out || grad_decoder_logvar;
