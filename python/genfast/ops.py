@@ -51,13 +51,15 @@ def _centers(C, place, X3, batched, check_finite):
     return C3
 
 
-def _distance_range(name, A, D):
-    """Raise ValueError naming `name` unless max |A| <= sqrt(max(dtype) / (4 D)): then every
-    squared distance between such points, sum_d (x_d - c_d)^2 <= D (2 max|A|)^2, and the
-    kernel's expanded form ||c||^2 - 2 x.c are finite in A's dtype (float32: about
-    9.2e18 / sqrt(D)); beyond it a centre at distance 0 can lose to one at distance inf."""
+def _distance_range(name, A, D, headroom=1.0):
+    """Raise ValueError naming `name` unless max |A| <= sqrt(max(dtype) / (4 D)) / headroom:
+    then every squared distance between such points, sum_d (x_d - c_d)^2 <= D (2 max|A|)^2,
+    and the kernel's expanded form ||c||^2 - 2 x.c are finite in A's dtype (float32: about
+    9.2e18 / sqrt(D)); beyond it a centre at distance 0 can lose to one at distance inf.
+    headroom: for data that is transformed before the kernels see it (KMeans centres it,
+    which can double the magnitudes)."""
     finfo = np.finfo(be.dtype_name(A))
-    limit = math.sqrt(float(finfo.max) / (4 * D))
+    limit = math.sqrt(float(finfo.max) / (4 * D)) / headroom
     largest = float(A.abs().max()) if be.is_torch(A) else float(np.abs(A).max())
     if largest > limit:
         raise ValueError(f"{name} holds values up to {largest:.3g} in magnitude; {be.dtype_name(A)} squared "
