@@ -290,3 +290,28 @@ def test_gmm_suff_stats_rejects_bad_input(rng, case):
     error = TypeError if case == "strings" else ValueError
     with pytest.raises(error, match="covariance_type" if case == "covariance_type" else "resp"):
         ops.gmm_suff_stats(X, resp, covariance_type)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("op", ["gmm_log_resp", "gmm_em_step"])
+def test_tied_outlier_in_a_tile_keeps_the_other_points_terms(dtype, op):
+    """Found by the property tests: the tied E-step whitens a tile about its first point c,
+    ||(x - mu_k) P||^2 = ||(x - c) P - (mu_k - c) P||^2; with an outlier as c the difference
+    lost every bit of a nearby point's term (log p(x) of x = -0.13 came out as if x = mu), and
+    with a large factor both sides overflowed to inf - inf = NaN. Such components are now
+    recomputed directly; the log densities match the diagonal model's."""
+    big = 1e38 if dtype == "float32" else 1e300
+    X = np.array([[big], [-0.13210486], [0.5]], dtype)
+    means = np.array([[0.1049]], dtype)
+    weights = np.ones(1, dtype)
+    for factor in (1.0, 1e30 if dtype == "float32" else 1e200):
+        tied = getattr(ops, op)(X, weights, means, np.full((1, 1), factor, dtype), "tied")
+        diag = getattr(ops, op)(X, weights, means, np.full((1, 1), factor, dtype), "diag")
+        log_prob_tied = tied[0] if op == "gmm_em_step" else tied
+        log_prob_diag = diag[0] if op == "gmm_em_step" else diag
+        assert not np.isnan(log_prob_tied).any()
+        np.testing.assert_array_equal(log_prob_tied, log_prob_diag)
+        want, _ = reference.gmm_log_resp(X[1:], weights, means, np.full((1, 1), factor), "tied")
+        with np.errstate(over="ignore"):
+            want = want.astype(dtype)  # beyond the dtype's range: -inf
+        np.testing.assert_allclose(log_prob_tied[1:], want, rtol=1e-6)
