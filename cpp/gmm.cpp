@@ -484,9 +484,13 @@ void em_step(const Shape& s, Covariance cov, const T* X, const T* weights, const
           add_widened<A, T>(centred + v * W, fold(sum_rd));
         }
         if (cov == Covariance::spherical) {
-          // sum_p r_p ||x_p - m_k||^2 = sum_p r_p maha_p sigma_k^2, from the E-step's terms
+          // sum_p r_p ||x_p - m_k||^2 = sum_p r_p maha_p sigma_k^2, from the E-step's terms;
+          // a point with r_p = 0 adds 0 even where its maha overflowed (0 inf would be NaN)
           V sum_rm{};
-          for (int r = 0; r < R; ++r) sum_rm += simd::load<V>(rk + r * L) * tile.sq_dist(k)[r];
+          for (int r = 0; r < R; ++r) {
+            const V rv = simd::load<V>(rk + r * L);
+            sum_rm += rv == T(0) ? V{} : rv * tile.sq_dist(k)[r];
+          }
           add_widened<A, T>(S, sum_rm / (prec_chol[k] * prec_chol[k]));
         }
         if (tied) {

@@ -315,3 +315,19 @@ def test_tied_outlier_in_a_tile_keeps_the_other_points_terms(dtype, op):
         with np.errstate(over="ignore"):
             want = want.astype(dtype)  # beyond the dtype's range: -inf
         np.testing.assert_allclose(log_prob_tied[1:], want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_spherical_em_step_scatter_with_an_overflowing_zero_weight_point(dtype):
+    """Found by the property tests: the spherical trace is summed as r_p maha_p sigma^2 from
+    the E-step's terms; a point of responsibility 0 whose maha overflowed to inf added
+    0 * inf = NaN to the scatter. Such points now add 0."""
+    big = 1e38 if dtype == "float32" else 1e300
+    X = np.array([[big], [-0.13210486], [0.25]], dtype)
+    args = (X, np.ones(1, dtype), np.array([[0.1049]], dtype), np.ones(1, dtype), "spherical")
+    log_prob, nk, sums, scatter = ops.gmm_em_step(*args)
+    assert log_prob[0] == -np.inf and np.isfinite(scatter).all()
+    _, want_nk, want_sums, want_scatter = reference.gmm_em_step(X[1:], *args[1:])
+    np.testing.assert_allclose(nk, want_nk, rtol=1e-6)
+    np.testing.assert_allclose(sums, want_sums, rtol=1e-6)
+    np.testing.assert_allclose(scatter, want_scatter, rtol=1e-4)
