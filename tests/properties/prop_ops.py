@@ -59,6 +59,13 @@ def kmeans_shapes(draw):
     return batched, B, draw(sizes(0, 40)), draw(sizes(0, 9)), draw(sizes(0, 9))
 
 
+def draw_points(data, case, kind):
+    """(leading batch shape, X, C) Args of a k-means case (batched, B, N, K, D)."""
+    batched, B, N, K, D = case
+    lead = _lead(batched, B)
+    return lead, data.draw(args(lead + (N, D), kind), "X"), data.draw(args(lead + (K, D), kind), "C")
+
+
 def expect_points(e, X, C, batched, B, N, K, D, *, check_range=True):
     """The model of _points/_centers: (X values, C values, dtype) or Nones, noting faults."""
     xv, dtype = e.effective(X, "X")
@@ -103,9 +110,7 @@ def assert_labels_by_distance(x, c, labels, sq_dist, dtype):
 @examples(150)
 def test_kmeans_assign(case, kind, data):
     batched, B, N, K, D = case
-    lead = _lead(batched, B)
-    X = data.draw(args(lead + (N, D), kind), "X")
-    C = data.draw(args(lead + (K, D), kind), "C")
+    lead, X, C = draw_points(data, case, kind)
     pc.record_example("test_kmeans_assign", {"X": X, "C": C})
     e = Expect()
     xv, cv, dtype = expect_points(e, X, C, batched, B, N, K, D)
@@ -232,9 +237,7 @@ def test_kmeans_update(case, kind, data):
 @examples(100)
 def test_kmeans_lloyd_step(case, kind, data):
     batched, B, N, K, D = case
-    lead = _lead(batched, B)
-    X = data.draw(args(lead + (N, D), kind), "X")
-    C = data.draw(args(lead + (K, D), kind), "C")
+    lead, X, C = draw_points(data, case, kind)
     w = data.draw(weight_args(data.draw(st.sampled_from([(N,), lead + (N,)])), kind), "sample_weight")
     return_means = data.draw(st.booleans(), "return_means")
     pc.record_example("test_kmeans_lloyd_step", {"X": X, "C": C, "sample_weight": w, "return_means": return_means})
