@@ -147,13 +147,14 @@ void mahalanobis(const Shape& s, Covariance cov, int64_t k, const T* means, cons
       break;
     }
     case Covariance::spherical: {
-      // maha = ||x - mu||^2 / sigma^2
+      // maha = sum_d ((x_d - mu_d) / sigma)^2, scaled per element (||x - mu||^2 / sigma^2 can
+      // overflow to inf times an underflowed 1 / sigma^2 = 0: NaN)
+      const T p = P[k];
       for (int64_t d = 0; d < s.D; ++d)
         for (int r = 0; r < R; ++r) {
-          const V t = xt[d * R + r] - mu[d];
+          const V t = (xt[d * R + r] - mu[d]) * p;
           maha[r] += t * t;
         }
-      for (int r = 0; r < R; ++r) maha[r] *= P[k] * P[k];
       break;
     }
   }
@@ -491,7 +492,7 @@ void em_step(const Shape& s, Covariance cov, const T* X, const T* weights, const
             const V rv = simd::load<V>(rk + r * L);
             sum_rm += rv == T(0) ? V{} : rv * tile.sq_dist(k)[r];
           }
-          add_widened<A, T>(S, sum_rm / (prec_chol[k] * prec_chol[k]));
+          add_widened<A, T>(S, sum_rm / prec_chol[k] / prec_chol[k]);  // sigma^2 = 1 / P^2 may overflow
         }
         if (tied) {
           for (int64_t p = 0; p < n; ++p) rsum[size_t(p)] += A(rk[p]);

@@ -346,3 +346,18 @@ def test_tied_em_step_with_an_outlier_as_first_point(dtype):
     _, want_nk, want_sums, want_scatter = reference.gmm_em_step(X.astype(np.float64), *args[1:])
     np.testing.assert_allclose(sums, want_sums, rtol=1e-5)
     np.testing.assert_allclose(scatter, want_scatter, rtol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["gmm_log_resp", "gmm_em_step"])
+def test_spherical_float32_wide_component_is_not_nan(op):
+    """Found by the property tests (genfast.Gaussian on float32 [1e38, -0.13]): the spherical
+    E-step formed ||x - mu||^2 (inf) times 1 / sigma^2 (underflowed to 0) = NaN; it now scales
+    each element, ((x_d - mu_d) / sigma)^2, as the diagonal model does."""
+    X = np.array([[1e38], [-0.13210486]], np.float32)
+    args = (X, np.ones(1, np.float32), np.array([[5e37]], np.float32), np.array([2e-38], np.float32))
+    out = getattr(ops, op)(*args, "spherical")
+    log_prob = out[0] if op == "gmm_em_step" else out
+    want, _ = reference.gmm_log_resp(X, *args[1:], "spherical")
+    np.testing.assert_allclose(log_prob, want, rtol=1e-5)
+    np.testing.assert_array_equal(log_prob, getattr(ops, op)(*args[:3], args[3][:, None], "diag")[0]
+                                  if op == "gmm_em_step" else getattr(ops, op)(*args[:3], args[3][:, None], "diag"))
