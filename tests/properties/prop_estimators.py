@@ -6,11 +6,13 @@ bool, float16, numeric object arrays) become float64; complex, NaN and inf raise
 ValueError/TypeError naming X. A fit either raises a ValueError/TypeError naming X or one of
 the estimator's parameters (n_clusters, n_components, reg_covar: a component that is not
 positive definite), or its results agree with genfast.reference on its own fitted model:
-- KMeans: every label is a nearest centre within the rounding bound of prop_ops, inertia_ is
+- KMeans: every label is a nearest centre within the rounding bound of prop_ops (the fit's
+  labels with X centred on its mean, as scikit-learn computes them: an outlier that dominates
+  the mean costs the other points eps |mean| of their precision), inertia_ is
   the reference's sum of squared distances to those labels, predict/score/transform agree.
   Contract for extreme values: |X| must stay within half the ops' limit (sqrt(max / (4 D)) / 2,
   as the fit centres X), else ValueError naming X.
-- GaussianMixture: weights sum to 1, score_samples / predict_proba are the reference's log
+- GaussianMixture: init_params='kmeans' inherits KMeans' range rule; weights sum to 1, score_samples / predict_proba are the reference's log
   p(x) / responsibilities of the fitted parameters, predict their argmax up to rounding ties.
 - Gaussian: mean_ and covariance_ are reference.gaussian_mle (+ reg_covar), score_samples the
   reference log density of the fitted parameters.
@@ -47,6 +49,11 @@ def expect_X(e, X, N, D, min_samples=1):
     return v, dtype
 
 
+def kmeans_fit_limit(dtype, D):
+    """The largest |X| KMeans.fit takes: half the ops' limit (it centres X)."""
+    return math.sqrt(float(np.finfo(dtype).max) / (4 * D)) / 2
+
+
 def quiet(call):
     """call() with the estimators' expected warnings (convergence, few distinct points) muted."""
     def run():
@@ -67,7 +74,7 @@ def test_kmeans(kind, N, D, K, seed, data):
     if e.ok:
         if N < K:
             e.invalid("n_clusters")
-        if np.abs(xv.astype(dtype)).max() > math.sqrt(float(np.finfo(dtype).max) / (4 * D)) / 2:
+        if np.abs(xv.astype(dtype)).max() > kmeans_fit_limit(dtype, D):
             e.invalid("X")
     km = genfast.KMeans(n_clusters=K, init=init, n_init=1, max_iter=20, random_state=seed)
     status, res = outcome(quiet(lambda: km.fit(X.value)), {"X": X.value}, expect=e,
@@ -80,16 +87,26 @@ def test_kmeans(kind, N, D, K, seed, data):
     assert np.isfinite(C).all(), "non-finite centres"
     labels = np.asarray(km.labels_)
     assert labels.shape == (N,) and labels.dtype == np.int64
-    # the final labels describe the returned centres (rounded to X's dtype: the bound covers it)
+    # the final labels describe the returned centres (rounded to X's dtype: the bound covers
+    # it), computed on X centred on its mean (as scikit-learn does)
     sq = ((x - C[labels]) ** 2).sum(1)
-    assert_labels_by_distance(x[None], C[None], labels[None], sq[None].astype(dtype), dtype)
-    assert_close(np.array(km.inertia_), sq.sum(), dtype="float64", what="inertia_", rtol=pc.RTOL[dtype])
+    mean = x.mean(0)
+    assert_labels_by_distance(x[None], C[None], labels[None], sq[None].astype(dtype), dtype, shift=mean)
+    # inertia_ sums the kernel's squared distances (in X's dtype: a distance below its range is
+    # 0) on the centred data; the public centres are rounded back to X's dtype, which moves
+    # each distance by up to eps (|x| + |c|)^2
+    assert_close(np.array(km.inertia_), pc.rounded(sq, dtype).sum(), dtype="float64", what="inertia_",
+                 rtol=pc.RTOL[dtype], scale=((np.abs(x) + np.abs(C[labels])) ** 2).sum(),
+                 atol=4 * N * float(np.finfo(dtype).tiny))
     pred = pc.to_np64(km.predict(X.value)).astype(np.int64)
     assert_labels_by_distance(x[None], C[None], pred[None], ((x - C[pred]) ** 2).sum(1)[None].astype(dtype), dtype)
+    # (predict runs on X as given: the ops' bound)
     dist = pc.to_np64(km.transform(X.value))
     ref_dist = np.sqrt(((x[:, None, :] - C[None]) ** 2).sum(-1))
     scale = np.sqrt((x ** 2).sum(1))[:, None] + np.sqrt((C ** 2).sum(1))[None]
-    assert_close(dist, ref_dist, dtype="float64", what="transform", scale=scale, rtol=math.sqrt(pc.RTOL[dtype]))
+    # (from squared distances in X's dtype: below its smallest normal they flush to 0)
+    assert_close(dist, ref_dist, dtype="float64", what="transform", scale=scale, rtol=math.sqrt(pc.RTOL[dtype]),
+                 atol=math.sqrt(8 * D * float(np.finfo(dtype).tiny)))
 
 
 @given(kind=kinds, N=sizes(0, 30), D=sizes(0, 4), K=sizes(1, 3), seed=st.integers(0, 2**16), data=st.data())
@@ -104,6 +121,8 @@ def test_gaussian_mixture(kind, N, D, K, seed, data):
     xv, dtype = expect_X(e, X, N, D, min_samples=2)
     if e.ok and N < K:
         e.invalid("n_components")
+    if e.ok and init == "kmeans" and np.abs(xv).max() > kmeans_fit_limit(dtype, D):
+        e.invalid("X")  # the k-means initialisation's range rule
     gm = genfast.GaussianMixture(n_components=K, covariance_type=cov, init_params=init, max_iter=10,
                                  random_state=seed)
     status, res = outcome(quiet(lambda: gm.fit(X.value)), {"X": X.value}, expect=e,
@@ -149,6 +168,9 @@ def test_gaussian(kind, N, D, data):
     x = xv.astype(dtype).astype(np.float64)
     mean, covariance = reference.gaussian_mle(x, cov)
     spread = np.abs(x - mean).max(0) if N else np.zeros(D)
+    # the mean's own rounding, eps |x|, moves the covariance by up to (4 eps |x|)^2 (a constant
+    # feature may get a variance of (eps |x|)^2 instead of 0)
+    mean_err = 4 * pc.EPS[dtype] * np.abs(x).max(0) if N else np.zeros(D)
     assert_close(g.mean_, mean, dtype=dtype, what="mean_", scale=np.abs(x).max(0))
     if cov in ("full", "tied"):
         want, scale = covariance + reg * np.eye(D), np.outer(spread, spread) + reg
@@ -156,7 +178,10 @@ def test_gaussian(kind, N, D, data):
         want, scale = covariance + reg, spread ** 2 + reg
     else:
         want, scale = covariance + reg, float((spread ** 2).mean()) + reg
-    assert_close(np.asarray(g.covariance_), want, dtype=dtype, what="covariance_", scale=scale)
+    mean_err2 = {"full": np.outer(mean_err, mean_err), "tied": np.outer(mean_err, mean_err),
+                 "diag": mean_err ** 2, "spherical": float((mean_err ** 2).mean()) if D else 0.0}[cov]
+    # (about the mean m + d the covariance is off by d_i d_j: the first-order terms cancel)
+    assert_close(np.asarray(g.covariance_), want, dtype=dtype, what="covariance_", scale=scale, atol=mean_err2)
     log_prob = g.score_samples(X.value)
     pc.check_output(log_prob, kind=kind, dtype=dtype, shape=(N,), what="score_samples")
     P = np.asarray(g.precision_cholesky_, np.float64)

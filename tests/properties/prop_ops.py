@@ -83,9 +83,11 @@ def expect_points(e, X, C, batched, B, N, K, D, *, check_range=True):
     return xv, cv, dtype
 
 
-def assert_labels_by_distance(x, c, labels, sq_dist, dtype):
+def assert_labels_by_distance(x, c, labels, sq_dist, dtype, shift=None):
     """labels[i] is a nearest centre up to the expanded form's rounding; sq_dist is the
-    reference distance to it, rounded to dtype (x, c float64 (B, N, D), (B, K, D))."""
+    reference distance to it, rounded to dtype (x, c float64 (B, N, D), (B, K, D)). shift: the
+    point the caller moved the data to the origin from (KMeans centres X on its mean): its
+    rounding, eps |shift|, adds to the points' and centres' norms in the bound."""
     labels = pc.to_np64(labels).astype(np.int64)
     K, D = c.shape[-2], c.shape[-1]
     assert labels.min() >= 0 and labels.max() < K, f"labels out of [0, {K}): {labels.min()}..{labels.max()}"
@@ -94,8 +96,9 @@ def assert_labels_by_distance(x, c, labels, sq_dist, dtype):
     best = full.argmin(-1)
     chosen = np.take_along_axis(full, labels[..., None], -1)[..., 0]
     minimum = np.take_along_axis(full, best[..., None], -1)[..., 0]
-    xn = np.sqrt((x * x).sum(-1))
-    cn = np.sqrt((c * c).sum(-1))
+    m = np.zeros(x.shape[-1]) if shift is None else shift
+    xn = np.sqrt(((x - m) ** 2).sum(-1)) + np.sqrt((m * m).sum())
+    cn = np.sqrt(((c - m) ** 2).sum(-1)) + np.sqrt((m * m).sum())
     cn_label = np.take_along_axis(np.broadcast_to(cn[..., None, :], full.shape), labels[..., None], -1)[..., 0]
     cn_best = np.take_along_axis(np.broadcast_to(cn[..., None, :], full.shape), best[..., None], -1)[..., 0]
     eps = pc.EPS[dtype]
