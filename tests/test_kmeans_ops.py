@@ -664,3 +664,14 @@ def test_float32_overflowing_distances_are_rejected(op, D):
     labels, sq_dist = call(X, X)[:2]
     assert labels.tolist() == [0, 1] and sq_dist.tolist() == [0, 0]
     assert call(X.astype(np.float64) * 1e10, X.astype(np.float64))[0].tolist() == [0, 1]  # float64: far larger
+
+
+def test_sample_weight_whose_total_overflows_the_dtype_is_rejected():
+    """Found by the property tests: float32 weights [1e38, 3e38] in one cluster summed to inf,
+    and the means came out inf / inf = NaN. The weights' total must fit X's dtype."""
+    X = np.ones((2, 1), np.float32)
+    w = np.array([1e38, 3e38], np.float32)
+    with pytest.raises(ValueError, match=r"^sample_weight sums to 4e\+38, beyond float32's range"):
+        ops.kmeans_update(X, np.zeros(2, np.int64), 1, w)
+    means, weights = ops.kmeans_update(X.astype(np.float64), np.zeros(2, np.int64), 1, w.astype(np.float64))
+    assert means[0, 0] == 1.0 and np.isclose(weights[0], 4e38)

@@ -92,6 +92,10 @@ def _weights(sample_weight, place, X3, batched):
                          + f" to match X, got {tuple(w.shape)}")
     if bool((w < 0).any()):
         raise ValueError("sample_weight must be non-negative")
+    # the weights per cluster are returned in X's dtype: their total must fit it (else inf / inf)
+    total = float((w.double() if be.is_torch(w) else w.astype(np.float64)).sum(-1).max())  # N >= 1 here
+    if total > float(np.finfo(be.dtype_name(X3)).max):
+        raise ValueError(f"sample_weight sums to {total:.3g}, beyond {be.dtype_name(X3)}'s range: rescale the weights")
     if be.is_torch(w):
         return w.reshape(-1, N).expand(B, N).contiguous()
     return np.ascontiguousarray(np.broadcast_to(w.reshape(-1, N), (B, N)))
