@@ -557,3 +557,16 @@ def test_float32_data_whose_distances_overflow_is_rejected():
     for method in (small.predict, small.transform, small.score):
         with pytest.raises(ValueError, match=r"^X holds values up to"):
             method(np.array([[3e38]], np.float32))
+
+
+def test_bfloat16_torch_input_is_taken_like_float16():
+    """Found by the property tests: a bfloat16 CPU tensor reached tensor.numpy(), whose
+    TypeError ('Got unsupported ScalarType BFloat16') named no argument. It is now converted
+    to float64, as scikit-learn's validation converts float16."""
+    torch = pytest.importorskip("torch")
+    X = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]], dtype=torch.bfloat16)
+    for est in (genfast.KMeans(2, random_state=0), genfast.GaussianMixture(2, random_state=0), genfast.Gaussian()):
+        est.fit(X)
+    km = genfast.KMeans(2, random_state=0).fit(X)
+    assert km.cluster_centers_.dtype == np.float64
+    assert sorted(km.predict(X).tolist()) == [0, 0, 1, 1]
