@@ -34,7 +34,7 @@ import propcheck as pc
 from propcheck import Expect, args, assert_close, examples, kinds, outcome, sizes
 from prop_ops import assert_labels_by_distance, log_terms, assert_log_densities
 
-ESTIMATOR_DTYPES = {"numpy": pc._WEIGHTED["numpy"], "torch": tuple(d for d in pc._WEIGHTED["torch"] if d != "bfloat16")}
+ESTIMATOR_DTYPES = {"numpy": pc._WEIGHTED["numpy"], "torch": pc._WEIGHTED["torch"]}
 
 
 def expect_X(e, X, N, D, min_samples=1):
