@@ -156,7 +156,7 @@ void evaluate_rows(const Shape& s, const Problem<T>& p) {
         reconstruction ? reconstruction_row<T, kLikelihood, kValues, kGrads>(p, s.D, b) : 0;
     const accumulate_t<T> kl_b = kl ? kl_row<T, kValues, kGrads>(p, s.L, b) : 0;
     if constexpr (kValues) {
-      if (p.elbo) p.elbo[b] = T(rec_b - p.beta * kl_b);
+      if (p.elbo) p.elbo[b] = T(p.elbo_value(rec_b, kl_b));
       if (p.rec) p.rec[b] = T(rec_b);
       if (p.kl) p.kl[b] = T(kl_b);
     }

@@ -148,13 +148,14 @@ void mahalanobis(const Shape& s, Covariance cov, int64_t k, const T* means, cons
       break;
     }
     case Covariance::spherical: {
-      // maha = ||x - mu||^2 / sigma^2
+      // maha = sum_d ((x_d - mu_d) / sigma)^2, scaled per element (||x - mu||^2 / sigma^2 can
+      // overflow to inf times an underflowed 1 / sigma^2 = 0: NaN)
+      const T p = P[k];
       for (int64_t d = 0; d < s.D; ++d)
         for (int r = 0; r < R; ++r) {
-          const V t = xt[d * R + r] - mu[d];
+          const V t = (xt[d * R + r] - mu[d]) * p;
           maha[r] += t * t;
         }
-      for (int r = 0; r < R; ++r) maha[r] *= P[k] * P[k];
       break;
     }
   }
@@ -174,7 +175,9 @@ template <class T> class EStepTile {
       : s_(s), cov_(cov), means_(means), factors_(factors), means_t_(means_t), constants_(constants),
         KP_((s.K + P - 1) / P * P), xt_(size_t(s.D * R)), diff_(size_t(s.D * R)), joint_(size_t(s.K * R)),
         nu_(cov == Covariance::tied ? size_t(s.D * KP_) : 0),
-        sq_dist_(cov == Covariance::spherical ? size_t(s.K * R) : 0) {}
+        sq_dist_(cov == Covariance::spherical ? size_t(s.K * R) : 0),
+        points_(cov == Covariance::tied ? size_t(s.D * R) : 0), x_far_(cov == Covariance::tied ? size_t(R) : 0),
+        factor_norm_(cov == Covariance::tied ? frobenius_norm(factors, s.D * s.D) : 0) {}
 
   /// Computes joint(k, r) and log_prob(r) for the n <= P points starting at x (rows of D).
   /// A short tile repeats its last point in the unused lanes (their results are meaningless).
@@ -184,11 +187,25 @@ template <class T> class EStepTile {
       const T* xp = x + std::min<int64_t>(p, n - 1) * s_.D;
       for (int64_t d = 0; d < s_.D; ++d) xt_[size_t(d * R + p / L)][p % L] = xp[d];
     }
-    if (cov_ == Covariance::tied) whiten(x);
+    if (cov_ == Covariance::tied) {
+      std::copy(xt_.begin(), xt_.end(), points_.begin());  // x, for the direct form below
+      for (int r = 0; r < R; ++r) {  // ||x - c||^2, c = the tile's first point
+        V sum{};
+        for (int64_t d = 0; d < s_.D; ++d) {
+          const V t = points_[size_t(d * R + r)] - x[d];
+          sum += t * t;
+        }
+        x_far_[size_t(r)] = sum;
+      }
+      whiten(x);
+    }
     // log w_k N(x | k) = constant_k - maha / 2
     for (int64_t k = 0; k < s_.K; ++k) {
       V maha[R];
       mahalanobis<T>(s_, cov_, k, means_, factors_, nu_.data(), KP_, xt_.data(), diff_.data(), maha);
+      if (cov_ == Covariance::tied && !whitened_form_accurate(x, k, maha))
+        mahalanobis<T>(s_, Covariance::full, 0, means_ + k * s_.D, factors_, nullptr, KP_, points_.data(),
+                       diff_.data(), maha);
       for (int r = 0; r < R; ++r) joint_[size_t(k * R + r)] = T(constants_[k]) - T(0.5) * maha[r];
       if (cov_ == Covariance::spherical) std::copy(maha, maha + R, &sq_dist_[size_t(k * R)]);
     }
@@ -231,6 +248,40 @@ template <class T> class EStepTile {
     }
   }
 
+  /// Tied: whether ||y - nu_k||^2 kept the accuracy of the direct ||(x - mu_k) P||^2 for
+  /// every point of the tile. y = (x - c) P and nu_k = (mu_k - c) P carry rounding errors of
+  /// about e = 2 sqrt(D + 2) eps ||P||_F (||x - c|| + ||mu_k - c||) (the probabilistic bound of
+  /// a D-term dot product; the worst case has D + 2), which their difference keeps: a
+  /// point far from the tile's first point c (an outlier in the tile), or y and nu_k
+  /// overflowing to inf (inf - inf = NaN), can lose the whole term. Accurate enough when
+  /// e^2 + 2 e sqrt(maha) <= b (1 + D + maha) with b = 2^10 eps: the log density's terms are
+  /// then right to about 2^9 eps of their size (log det, D/2 log 2 pi and maha / 2), i.e.
+  /// u = b (1 + D + maha) - e^2 >= 0 and 4 e^2 maha <= u^2 (no square roots; the bound
+  /// e^2 <= 8 (D + 2) eps^2 ||P||_F^2 (||x - c||^2 + ||mu_k - c||^2) stands for e^2).
+  bool whitened_form_accurate(const T* c, int64_t k, const V* maha) const {
+    constexpr T eps = std::numeric_limits<T>::epsilon();
+    const T* mu = means_ + k * s_.D;
+    T mu_far = 0;  // ||mu_k - c||^2
+    for (int64_t d = 0; d < s_.D; ++d) mu_far += (mu[d] - c[d]) * (mu[d] - c[d]);
+    const T e_scale = T(2) * std::sqrt(T(s_.D + 2)) * eps * factor_norm_;
+    auto ok = V{} == V{};  // lane masks (all set)
+    for (int r = 0; r < R; ++r) {
+      const V m = maha[r], e2 = T(2) * e_scale * e_scale * (x_far_[size_t(r)] + mu_far);
+      const V u = T(1024) * eps * (m + T(1 + s_.D)) - e2, lhs = T(4) * e2 * m, rhs = u * u;
+      // NaN fails every comparison; an infinite maha is rechecked
+      ok &= (m < std::numeric_limits<T>::infinity()) & (u >= T(0)) & (lhs <= rhs);
+    }
+    for (int l = 0; l < L; ++l)
+      if (!ok[l]) return false;
+    return true;
+  }
+
+  static T frobenius_norm(const T* a, int64_t n) {
+    T sum = 0;
+    for (int64_t i = 0; i < n; ++i) sum += a[i] * a[i];
+    return std::sqrt(sum);
+  }
+
   Shape s_;
   Covariance cov_;
   const T *means_, *factors_, *means_t_;
@@ -239,6 +290,9 @@ template <class T> class EStepTile {
   std::vector<V> xt_, diff_, joint_;  // [D][R] transposed points, [D][R] scratch, [K][R]
   std::vector<T> nu_;                 // tied: the tile's whitened means [D][KP]
   std::vector<V> sq_dist_;            // spherical: the Mahalanobis terms [K][R]
+  std::vector<V> points_;             // tied: the tile's points before whitening [D][R]
+  std::vector<V> x_far_;              // tied: ||x - c||^2 of the tile's points [R]
+  T factor_norm_;                     // tied: ||P||_F
   V log_prob_[R];
 };
 
@@ -434,10 +488,14 @@ void em_step(const Shape& s, Covariance cov, const T* X, const T* weights, const
           add_widened<A, T>(centred + v * W, fold(sum_rd));
         }
         if (cov == Covariance::spherical) {
-          // sum_p r_p ||x_p - m_k||^2 = sum_p r_p maha_p sigma_k^2, from the E-step's terms
+          // sum_p r_p ||x_p - m_k||^2 = sum_p r_p maha_p sigma_k^2, from the E-step's terms;
+          // a point with r_p = 0 adds 0 even where its maha overflowed (0 inf would be NaN)
           V sum_rm{};
-          for (int r = 0; r < R; ++r) sum_rm += simd::load<V>(rk + r * L) * tile.sq_dist(k)[r];
-          add_widened<A, T>(S, sum_rm / (prec_chol[k] * prec_chol[k]));
+          for (int r = 0; r < R; ++r) {
+            const V rv = simd::load<V>(rk + r * L);
+            sum_rm += rv == T(0) ? V{} : rv * tile.sq_dist(k)[r];
+          }
+          add_widened<A, T>(S, sum_rm / prec_chol[k] / prec_chol[k]);  // sigma^2 = 1 / P^2 may overflow
         }
         if (tied) {
           for (int64_t p = 0; p < n; ++p) rsum[size_t(p)] += A(rk[p]);

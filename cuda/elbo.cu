@@ -112,7 +112,7 @@ __global__ void __launch_bounds__(kThreads) elbo_kernel(Shape s, Problem<T> p) {
       rec = warp_sum(rec);
       kl = warp_sum(kl);
       if (lane == 0) {
-        if (p.elbo) p.elbo[b] = narrow<T>(rec - C(p.beta) * kl);
+        if (p.elbo) p.elbo[b] = narrow<T>(p.elbo_value(rec, kl));
         if (p.rec) p.rec[b] = narrow<T>(rec);
         if (p.kl) p.kl[b] = narrow<T>(kl);
       }

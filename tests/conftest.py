@@ -20,6 +20,24 @@ import pytest
 import genfast
 from genfast import reference
 
+# tests/properties/prop_*.py run in subprocesses from tests/test_properties.py, with their own
+# conftest (hypothesis profiles); the main session does not collect that folder.
+collect_ignore = ["properties"]
+#: examples the property tests ran, per "file::test" (filled by tests/test_properties.py)
+PROPERTY_EXAMPLES = pytest.StashKey[dict]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    counts = config.stash.get(PROPERTY_EXAMPLES, None)
+    if not counts:
+        return
+    profile = os.environ.get("GENFAST_HYPOTHESIS_PROFILE", "ci")
+    terminalreporter.section("hypothesis examples")
+    for name, n in sorted(counts.items()):
+        terminalreporter.write_line(f"{n:7d}  {name}")
+    terminalreporter.write_line(f"{sum(counts.values()):7d}  inputs tried by the property tests (profile {profile!r})")
+
+
 # --------------------------------------------------------------------------- seeds
 
 

@@ -292,3 +292,30 @@ def test_core_rejects_inconsistent_arrays():
         _core.elbo(mu=np.zeros((4, 2), np.float32), kl=np.zeros(4, np.float32))
     with pytest.raises(TypeError):  # one dtype for every array (noconvert)
         _core.elbo(x=x, decoder_out=x.astype(np.float64), rec=np.zeros(4, np.float32))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_elbo_with_beta_zero_is_rec_even_when_kl_is_infinite(dtype):
+    """Found by the property tests: with beta = 0 and a logvar whose exp overflows (kl = inf)
+    the ELBO was rec - 0 * inf = NaN; the KL term weighted by 0 is now dropped."""
+    x = np.zeros((2, 3), dtype)
+    mu = np.zeros((2, 1), dtype)
+    logvar = np.array([[1e4], [0.0]], dtype)
+    elbo, rec, kl = ops.elbo(x, x, mu, logvar, likelihood="gaussian", beta=0.0)
+    assert kl[0] == np.inf and np.isfinite(rec).all()
+    np.testing.assert_array_equal(elbo, rec)
+    assert ops.elbo(x, x, mu, logvar, likelihood="gaussian", beta=1.0)[0][0] == -np.inf
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kl_gradient_for_very_negative_logvar(dtype):
+    """Found by the property tests: d kl / d logvar = (exp(lv) - 1) / 2 was formed as
+    ((exp(lv) - 1 - lv) + lv) / 2, which loses the -1 for large |lv|: 0 instead of -1/2 at
+    lv = -1.3e14 (float32) or -1e20 (float64). Now exp(lv) - 1 outside the series' range."""
+    lv = np.array([[-1.3e14 if dtype == "float32" else -1e20, -30.0, 40.0 if dtype == "float32" else 300.0]], dtype)
+    mu = np.zeros_like(lv)
+    x = np.zeros((1, 1), dtype)
+    _, _, kl, grads = ops.elbo(x, x, mu, lv, beta=1.0, gradients=True)
+    want = -0.5 * np.expm1(lv.astype(np.float64))
+    np.testing.assert_allclose(grads["logvar"], want, rtol=1e-6)
+    np.testing.assert_allclose(kl, reference.kl_normal_std(mu, lv)[0], rtol=1e-6)

@@ -540,3 +540,32 @@ def _expected_failed_checks(estimator):
 )
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
+
+
+def test_float32_data_whose_distances_overflow_is_rejected():
+    """Found by the property tests: the fit runs the kernels without checks on centred data,
+    so float32 data near 1e38 gave infinite distances and an arbitrary clustering. X beyond
+    half the ops' limit (centring can double magnitudes) now raises a ValueError naming X,
+    as do predict/transform/score beyond the ops' limit; float64 takes such values."""
+    X = np.array([[1e38, 0.0], [0.0, 0.0], [-1e38, 1.0]], np.float32)
+    with pytest.raises(ValueError, match=r"^X holds values up to 1e\+38 .*float64"):
+        genfast.KMeans(n_clusters=2, random_state=0).fit(X)
+    km = genfast.KMeans(n_clusters=2, random_state=0).fit(X.astype(np.float64))
+    assert np.isfinite(km.inertia_)
+    small = genfast.KMeans(n_clusters=2, random_state=0).fit(np.array([[0.0], [1.0]], np.float32))
+    for method in (small.predict, small.transform, small.score):
+        with pytest.raises(ValueError, match=r"^X holds values up to"):
+            method(np.array([[3e38]], np.float32))
+
+
+def test_bfloat16_torch_input_is_taken_like_float16():
+    """Found by the property tests: a bfloat16 CPU tensor reached tensor.numpy(), whose
+    TypeError ('Got unsupported ScalarType BFloat16') named no argument. It is now converted
+    to float64, as scikit-learn's validation converts float16."""
+    torch = pytest.importorskip("torch")
+    X = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]], dtype=torch.bfloat16)
+    for est in (genfast.KMeans(2, random_state=0), genfast.GaussianMixture(2, random_state=0), genfast.Gaussian()):
+        est.fit(X)
+    km = genfast.KMeans(2, random_state=0).fit(X)
+    assert km.cluster_centers_.dtype == np.float64
+    assert sorted(km.predict(X).tolist()) == [0, 0, 1, 1]

@@ -683,3 +683,37 @@ def test_torch_requires_grad_input_is_detached(rng, seed):
     means, _ = ops.kmeans_update(X, labels, 5)
     assert not means.requires_grad
     assert_assign_matches(Xn, Xn[:5], labels, sq_dist, seed=seed)
+
+
+@pytest.mark.parametrize("op", ["assign", "lloyd_step"])
+@pytest.mark.parametrize("D", [1, 2, 64])
+def test_float32_overflowing_distances_are_rejected(op, D):
+    """Found by the property tests: float32 points of magnitude 1e38 made the expanded form
+    ||c||^2 - 2 x.c overflow, so a point equal to a centre got another centre at distance inf.
+    Values whose squared distances can overflow (max |v| > sqrt(max / (4 D))) now raise a
+    ValueError naming the argument; just below that limit the nearest centre is found."""
+    call = ops.kmeans_assign if op == "assign" else ops.kmeans_lloyd_step
+    limit = np.sqrt(np.finfo(np.float32).max / (4 * D))
+    big = np.zeros((2, D), np.float32)
+    big[0, 0] = 1e38
+    with pytest.raises(ValueError, match=r"^X holds values up to 1e\+38 .*float64"):
+        call(big, np.zeros((1, D), np.float32))
+    with pytest.raises(ValueError, match=r"^C holds values up to 1e\+38"):
+        call(np.zeros((1, D), np.float32), big)
+    X = np.zeros((2, D), np.float32)
+    X[0, 0] = np.nextafter(np.float32(limit), np.float32(0))  # the largest accepted magnitude
+    X[1, 0] = -X[0, 0]
+    labels, sq_dist = call(X, X)[:2]
+    assert labels.tolist() == [0, 1] and sq_dist.tolist() == [0, 0]
+    assert call(X.astype(np.float64) * 1e10, X.astype(np.float64))[0].tolist() == [0, 1]  # float64: far larger
+
+
+def test_sample_weight_whose_total_overflows_the_dtype_is_rejected():
+    """Found by the property tests: float32 weights [1e38, 3e38] in one cluster summed to inf,
+    and the means came out inf / inf = NaN. The weights' total must fit X's dtype."""
+    X = np.ones((2, 1), np.float32)
+    w = np.array([1e38, 3e38], np.float32)
+    with pytest.raises(ValueError, match=r"^sample_weight sums to 4e\+38, beyond float32's range"):
+        ops.kmeans_update(X, np.zeros(2, np.int64), 1, w)
+    means, weights = ops.kmeans_update(X.astype(np.float64), np.zeros(2, np.int64), 1, w.astype(np.float64))
+    assert means[0, 0] == 1.0 and np.isclose(weights[0], 4e38)

@@ -66,10 +66,13 @@ def test_logmeanexp_along_any_dim_numpy_and_torch(rng, dtype):
     a = rng.normal(size=(4, 5, 6)).astype(dtype)
     for dim in (0, 1, -1):
         want = reference.logmeanexp_stats(a, axis=dim)[0]
-        np.testing.assert_allclose(ops.logmeanexp(a, dim), want, rtol=RTOL[dtype])
+        # log mean = max + log(sum) - log M: rounding on the scale of its terms, not of the
+        # result (which can be near 0)
+        atol = RTOL[dtype] * (np.abs(a).max() + np.log(a.shape[dim]))
+        np.testing.assert_allclose(ops.logmeanexp(a, dim), want, rtol=RTOL[dtype], atol=atol)
         got = ops.logmeanexp(torch.from_numpy(a), dim)
         assert isinstance(got, torch.Tensor) and got.dtype == getattr(torch, dtype)
-        np.testing.assert_allclose(got.numpy(), want, rtol=RTOL[dtype])
+        np.testing.assert_allclose(got.numpy(), want, rtol=RTOL[dtype], atol=atol)
 
 
 def test_finish_writes_every_output(rng):
@@ -272,6 +275,33 @@ def test_torch_logmeanexp_opcheck_and_gradcheck(rng):
 
 def test_torch_logmeanexp_all_minus_inf_row_has_zero_gradient(rng):
     check_all_minus_inf_row_has_zero_gradient(torch.from_numpy(rng.normal(size=(3, 5))))
+
+
+@pytest.mark.parametrize("shape, dim", [((3, 0), -1), ((0,), 0), ((2, 0, 4), 1)])
+def test_torch_logmeanexp_with_no_samples_raises_value_error(shape, dim):
+    """Found by the property tests: an empty slice reached torch's reshape(-1, 0), which
+    raised RuntimeError ('cannot reshape tensor of 0 elements'); now the ValueError that
+    ops.logmeanexp gives, naming a."""
+    with pytest.raises(ValueError, match=r"^a has no samples"):
+        gt.logmeanexp(torch.zeros(shape), dim)
+    assert gt.logmeanexp(torch.zeros(0, 3), -1).shape == (0,)  # no rows but samples: empty result
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_torch_logmeanexp_gradient_of_large_log_weights_is_the_softmax(dtype):
+    """Found by the property tests: the gradient was exp(a_j - result) / M with the result
+    rounded to the dtype; for float32 log-weights near 1e14 (ulp 8e6 > log M) it came out
+    as 1/M instead of the softmax (0.5 instead of 1 here). Now shifted by the row's max."""
+    a = torch.tensor([[1.2573e14, -1.32e14], [3e38, 3e38]], dtype=dtype, requires_grad=True)
+    gt.logmeanexp(a).sum().backward()
+    assert a.grad.tolist() == [[1.0, 0.0], [0.5, 0.5]]
+
+
+def test_logmeanexp_takes_lists_like_the_other_ops():
+    """Found by the property tests: a list reached a.ndim and raised AttributeError."""
+    np.testing.assert_allclose(ops.logmeanexp([[0.0, math.log(3.0)]]), [math.log(2.0)], rtol=1e-15)
+    with pytest.raises(TypeError, match=r"^a must be a real numeric array"):
+        ops.logmeanexp([["x", "y"]])
 
 
 # --------------------------------------------------------------------------- bad inputs

@@ -681,3 +681,18 @@ def test_gaussian_is_one_component_mixture(rng, seed):
                           genfast.Gaussian("diag")])
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical"])
+def test_gaussian_float32_statistics_beyond_float32_range(covariance_type):
+    """Found by the property tests: the M-step statistics come back in X's dtype, and
+    Gaussian scales the weights to sum >= 32, so one float32 point at 1e38 gave mean_ inf.
+    Such data is now summed in float64; the fitted attributes stay float32."""
+    X = np.array([[1e38, -1.0]], np.float32)
+    g = genfast.Gaussian(covariance_type, reg_covar=1e-6).fit(X)
+    assert g.mean_.dtype == np.float32
+    np.testing.assert_array_equal(g.mean_, X[0])
+    assert np.isfinite(g.covariance_).all()
+    X2 = np.array([[3e38, 1.0], [1e38, -1.0]], np.float32)
+    g = genfast.Gaussian(covariance_type, reg_covar=1e-6).fit(X2)
+    np.testing.assert_allclose(g.mean_, X2.astype(np.float64).mean(0), rtol=1e-6)

@@ -370,6 +370,30 @@ def test_bad_arguments_of_the_pieces():
         gt.kl_normal_std(torch.zeros(3, 4), torch.zeros(3, 4, dtype=torch.int64))
 
 
+@pytest.mark.parametrize("shape", [(0, 4), (0, 0), (0, 2, 3), (3, 0)])
+def test_empty_batch_or_features_do_not_crash_the_reshape(shape):
+    """Found by the property tests: x.reshape(B, -1) raised torch's RuntimeError for an empty
+    batch (B = 0: -1 is ambiguous); now B = 0 gives empty per-sample results and D = 0 a
+    reconstruction term of 0."""
+    x = torch.zeros(shape)
+    B = shape[0]
+    assert gt.bernoulli_log_likelihood(x, x, reduction="none").shape == (B,)
+    assert gt.gaussian_log_likelihood(x, x, reduction="none").shape == (B,)
+    mu = torch.zeros(B, 2)
+    value = gt.elbo(x, x, mu, mu, reduction="none")
+    assert value.shape == (B,) and (value == 0).all()
+
+
+def test_elbo_of_an_empty_batch_with_mean_reduction():
+    """Found by the property tests: reduction='mean' divided by B = 0 (ZeroDivisionError);
+    now the mean over no samples is NaN, as torch's mean of an empty tensor."""
+    x = torch.zeros(0, 3, requires_grad=True)
+    mu = torch.zeros(0, 2, requires_grad=True)
+    value = gt.elbo(x, x, mu, mu)
+    assert value.shape == () and math.isnan(value.item())
+    assert gt.elbo(x, x, mu, mu, reduction="sum").item() == 0.0
+
+
 def test_direct_op_call_without_gradient_rows_refuses_to_backpropagate():
     args = good_args()
     out = args["decoder_out"].requires_grad_()

@@ -49,7 +49,10 @@ def validate_X(est, X, *, reset, copy=False, ensure_min_samples=1):
                              f"{est.n_features_in_} features as input.")
         return be.as_float("X", X)
     if be.is_torch(X):
-        X = X.detach().numpy()
+        X = X.detach()
+        if X.dtype == be._torch().bfloat16:  # numpy has no bfloat16: float64, as for float16 below
+            X = X.double()
+        X = X.numpy()
     try:
         return validate_data(est, X, reset=reset, dtype=[np.float64, np.float32], order="C",
                              copy=copy, accept_sparse=False, ensure_min_samples=ensure_min_samples)

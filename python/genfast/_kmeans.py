@@ -335,6 +335,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         """Compute k-means clustering of X (n_samples, n_features), optionally weighted."""
         device = resolve_device(self.device, X)
         X = validate_X(self, X, reset=True)  # never modified: no copy needed
+        # the kernels run with check_finite=False on the centred data (up to twice |X|)
+        ops._distance_range("X", X, X.shape[1], headroom=2.0)
         n_init = self._check_params(X.shape[0])
         random_state = check_random_state(self.random_state)
         dtype = be.dtype_name(X)
@@ -569,7 +571,9 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     # ------------------------------------------------------------------ prediction
     def _check_predict_input(self, X):
         check_is_fitted(self)
-        return validate_X(self, X, reset=False)
+        X = validate_X(self, X, reset=False)
+        ops._distance_range("X", X, X.shape[1])  # transform's distances too
+        return X
 
     def _centers_like(self, X):
         if be.is_torch(X):

@@ -686,6 +686,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
 
 # ============================================================================ Gaussian
+def _statistics_fit(X, total_weight):
+    """Whether the M-step statistics of X with weights summing to total_weight fit X's dtype:
+    the kernel returns them in it, and float32 sums (up to total max|x|) or scatter (up to
+    total 4 D max|x|^2) beyond its range come back inf (e.g. one float32 point at 1e38)."""
+    if be.dtype_name(X) == "float64" or X.shape[0] == 0:
+        return True
+    largest = float(X.abs().max()) if be.is_torch(X) else float(np.abs(X).max())
+    limit = float(np.finfo(np.float32).max) / 2
+    return total_weight * largest < limit and total_weight * 4 * X.shape[1] * largest * largest < limit
+
+
 class Gaussian(DensityMixin, BaseEstimator):
     """Maximum-likelihood multivariate Gaussian on genfast's kernels (one component of
     GaussianMixture's E-step and M-step, with responsibilities = sample weights).
@@ -751,7 +762,9 @@ class Gaussian(DensityMixin, BaseEstimator):
                 raise ValueError("sample_weight must have a positive sum")
             resp = (sw * (max(n_samples, 48) / total)).astype(dtype)[:, None]
         cov_type = self.covariance_type
-        nk, sums, scatter = ops.gmm_suff_stats(X, place.put(resp), cov_type, check_finite=False)
+        X_stats = X if _statistics_fit(X, float(resp.sum(dtype=np.float64))) else (
+            X.double() if be.is_torch(X) else X.astype(np.float64))
+        nk, sums, scatter = ops.gmm_suff_stats(X_stats, place.put(resp), cov_type, check_finite=False)
         nk = place.host(nk)
         mean = place.host(sums)[0] / nk[0]
         scatter = place.host(scatter)

@@ -51,6 +51,25 @@ def _centers(C, place, X3, batched, check_finite):
     return C3
 
 
+def _distance_range(name, A, D, headroom=1.0):
+    """Raise ValueError naming `name` unless max |A| <= sqrt(max(dtype) / (4 D)) / headroom:
+    then every squared distance between such points, sum_d (x_d - c_d)^2 <= D (2 max|A|)^2,
+    and the kernel's expanded form ||c||^2 - 2 x.c are finite in A's dtype (float32: about
+    9.2e18 / sqrt(D)); beyond it a centre at distance 0 can lose to one at distance inf.
+    headroom: for data that is transformed before the kernels see it (KMeans centres it,
+    which can double the magnitudes)."""
+    finfo = np.finfo(be.dtype_name(A))
+    limit = math.sqrt(float(finfo.max) / (4 * D)) / headroom
+    if (A.numel() if be.is_torch(A) else A.size) == 0:
+        return
+    # max |A| from the two reductions: no |A| temporary the size of A (KMeans' memory bound)
+    lo, hi = A.aminmax() if be.is_torch(A) else (A.min(), A.max())
+    largest = max(float(hi), -float(lo))
+    if largest > limit:
+        raise ValueError(f"{name} holds values up to {largest:.3g} in magnitude; {be.dtype_name(A)} squared "
+                         f"distances over {D} features overflow beyond {limit:.3g}: pass float64 data or rescale")
+
+
 def _labels(labels, place, X3, batched, n_clusters):
     """labels as int64 (B, N), checked to lie in [0, n_clusters)."""
     be.same_placement("X", place, "labels", labels)
@@ -77,6 +96,10 @@ def _weights(sample_weight, place, X3, batched):
                          + f" to match X, got {tuple(w.shape)}")
     if bool((w < 0).any()):
         raise ValueError("sample_weight must be non-negative")
+    # the weights per cluster are returned in X's dtype: their total must fit it (else inf / inf)
+    total = float((w.double() if be.is_torch(w) else w.astype(np.float64)).sum(-1).max())  # N >= 1 here
+    if total > float(np.finfo(be.dtype_name(X3)).max):
+        raise ValueError(f"sample_weight sums to {total:.3g}, beyond {be.dtype_name(X3)}'s range: rescale the weights")
     if be.is_torch(w):
         return w.reshape(-1, N).expand(B, N).contiguous()
     return np.ascontiguousarray(np.broadcast_to(w.reshape(-1, N), (B, N)))
@@ -114,7 +137,9 @@ def kmeans_assign(X, C, *, check_finite: bool = True):
     C : array or tensor, shape (K, D) or (B, K, D)
         Centres, on the same backend/device as X (converted to X's float dtype).
     check_finite : bool, default True
-        Reject NaN/inf inputs with a ValueError (costs one pass and, on CUDA, one sync).
+        Reject NaN/inf inputs with a ValueError, and values whose squared distances would
+        overflow X's dtype (max |value| > sqrt(max(dtype) / (4 D)): about 9e18 / sqrt(D) in
+        float32). Costs two passes and, on CUDA, two syncs.
 
     Returns
     -------
@@ -129,6 +154,9 @@ def kmeans_assign(X, C, *, check_finite: bool = True):
     """
     place, X3, batched = _points(X, check_finite)
     C3 = _centers(C, place, X3, batched, check_finite)
+    if check_finite:
+        _distance_range("X", X3, X3.shape[2])
+        _distance_range("C", C3, X3.shape[2])
     (B, N, D), K = X3.shape, C3.shape[1]
     labels = be.empty(place, (B, N), "int64")
     sq_dist = be.empty(place, (B, N), be.dtype_name(X3))
@@ -202,6 +230,9 @@ def kmeans_lloyd_step(X, C, sample_weight=None, *, return_means: bool = True,
     """
     place, X3, batched = _points(X, check_finite)
     C3 = _centers(C, place, X3, batched, check_finite)
+    if check_finite:
+        _distance_range("X", X3, X3.shape[2])
+        _distance_range("C", C3, X3.shape[2])
     weights3 = _weights(sample_weight, place, X3, batched)
     if place.cuda:
         labels, sq_dist = kmeans_assign(X3, C3, check_finite=False)
@@ -559,6 +590,7 @@ def logmeanexp_stats(a, dim: int = -1):
     CUDA), float32 or float64 (results in a's dtype, on a's device; sums accumulated in float64).
     A NaN or +inf in a raises ValueError (on CUDA after one device-to-host copy of a flag)."""
     be.placement_of("a", a)
+    a = a if be.is_torch(a) else np.asarray(a)  # lists and scalars too, as the other ops take them
     ndim = a.ndim
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not -ndim <= dim < ndim:
         raise ValueError(f"dim must be an int in [-{ndim}, {ndim}) for a with shape {tuple(a.shape)}, got {dim!r}")

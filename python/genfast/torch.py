@@ -26,6 +26,7 @@ This module imports torch; ``import genfast`` does not import it.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -191,7 +192,8 @@ def _data(x, decoder_out, decoder_logvar, out_name, logvar_name="decoder_logvar"
         if decoder_logvar.shape != x.shape:
             raise ValueError(f"{logvar_name} has shape {tuple(decoder_logvar.shape)} but x has "
                              f"{tuple(x.shape)}; they must match")
-    flat = lambda t: None if t is None else t.reshape(t.shape[0], -1)  # noqa: E731
+    # (B, D) with D = the product of the feature sizes (reshape(B, -1) fails when B is 0)
+    flat = lambda t: None if t is None else t.reshape(t.shape[0], math.prod(t.shape[1:]))  # noqa: E731
     return flat(x), flat(decoder_out), flat(decoder_logvar)
 
 
@@ -226,7 +228,8 @@ def _terms(x, decoder_out, decoder_logvar, mu, logvar, likelihood, fixed_logvar,
     inputs = (x, decoder_out, decoder_logvar, mu, logvar)
     record = torch.is_grad_enabled()
     gradients = [record and t is not None and t.requires_grad for t in inputs]
-    per_sample = -1.0 / _first(inputs).shape[0] if reduction == "mean" else -1.0
+    # an empty batch (B = 0) has no rows to scale: any non-zero scale does (its mean is NaN, as torch's)
+    per_sample = -1.0 / max(_first(inputs).shape[0], 1) if reduction == "mean" else -1.0
     # kl's weight in the ELBO is -beta; with beta = 0 the rows keep a non-zero scale to be rescaled
     kl_scale = -beta * per_sample if beta > 0 else -per_sample
     return elbo_forward(*inputs, likelihood, fixed_logvar, beta, gradients, per_sample, kl_scale)[:3]
@@ -244,16 +247,19 @@ def _logmeanexp_rows_fake(a):
 
 
 def _setup_logmeanexp_rows(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], output)
+    ctx.save_for_backward(inputs[0])
 
 
 def _backward_logmeanexp_rows(ctx, grad):
-    a, out = ctx.saved_tensors
-    # d/da_j log mean exp(a) = exp(a_j - out) / M (softmax(a) / ... , the normalised weights);
-    # a row that is all -inf has no weight anywhere: zero gradient, not exp(-inf + inf) = NaN.
-    finite = torch.isfinite(out)[:, None]
-    weights = torch.where(finite, torch.exp(a - torch.where(finite, out[:, None], 0.0)), 0.0) / a.shape[1]
-    return grad[:, None] * weights
+    (a,) = ctx.saved_tensors
+    # d/da_j log mean exp(a) = exp(a_j) / sum_i exp(a_i) (softmax(a), the normalised weights),
+    # shifted by the row's max, not by the result: in float32 a result near 1e14 is rounded by
+    # more than log M, and exp(a_j - result) / M was off by up to a factor M. A row that is
+    # all -inf has no weight anywhere: zero gradient, not exp(-inf + inf) = NaN.
+    top = a.amax(dim=1, keepdim=True)
+    finite = torch.isfinite(top)
+    shifted = torch.exp(a - torch.where(finite, top, 0.0))
+    return grad[:, None] * torch.where(finite, shifted / shifted.sum(dim=1, keepdim=True), 0.0)
 
 
 logmeanexp_rows.register_autograd(_backward_logmeanexp_rows, setup_context=_setup_logmeanexp_rows)
@@ -269,7 +275,9 @@ def logmeanexp(a: Tensor, dim: int = -1) -> Tensor:
     if isinstance(dim, bool) or not isinstance(dim, int) or not -a.ndim <= dim < a.ndim:
         raise ValueError(f"dim must be an int in [-{a.ndim}, {a.ndim}) for a with shape {tuple(a.shape)}, got {dim!r}")
     moved = a.movedim(dim, -1)
-    return logmeanexp_rows(moved.reshape(-1, moved.shape[-1])).reshape(moved.shape[:-1])
+    # rows given explicitly: reshape(-1, 0) of an empty slice is ambiguous to torch
+    rows = moved.reshape(math.prod(moved.shape[:-1]), moved.shape[-1])
+    return logmeanexp_rows(rows).reshape(moved.shape[:-1])
 
 
 

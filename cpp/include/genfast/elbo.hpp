@@ -65,6 +65,10 @@ template <class T> struct Problem {
   T* grad_mu = nullptr;              ///< [B, L] kl_scale d kl_b / d mu
   T* grad_logvar = nullptr;          ///< [B, L] kl_scale d kl_b / d logvar
 
+  /// ELBO_b = rec_b - beta kl_b; beta = 0 drops the KL term (an infinite kl_b times 0 is NaN).
+  template <class C> GENFAST_HD C elbo_value(C rec_b, C kl_b) const {
+    return beta == 0 ? rec_b : rec_b - C(beta) * kl_b;
+  }
   GENFAST_HD bool wants_values() const { return elbo || rec || kl; }
   GENFAST_HD bool wants_reconstruction_gradients() const {
     return grad_x || grad_decoder_out || grad_decoder_logvar;
@@ -184,9 +188,12 @@ GENFAST_ELBO_INLINE KLTerm<V> kl_term(V mu, V lv, Exp exp) {
   V nested = V{} + E(1);
   for (int n = N; n >= 3; --n) nested = E(1) + lv * nested * (E(1) / E(n));
   const V series = E(0.5) * lv * lv * nested;
-  const V direct = (exp(lv) - E(1)) - lv;
-  const V excess = (lv < E(0.5)) & (lv > E(-0.5)) ? series : direct;  // exp(lv) - 1 - lv
-  return {E(0.5) * (mu * mu + excess), mu, E(0.5) * (excess + lv)};
+  const auto small = (lv < E(0.5)) & (lv > E(-0.5));
+  // exp(lv) - 1 directly outside the series' range: (exp(lv) - 1 - lv) + lv would lose the
+  // -1 to rounding for large |lv| (d/dlv 0 instead of -1/2 at lv = -1e14 in float32)
+  const V expm1 = small ? series + lv : exp(lv) - E(1);
+  const V excess = small ? series : expm1 - lv;  // exp(lv) - 1 - lv
+  return {E(0.5) * (mu * mu + excess), mu, E(0.5) * expm1};
 }
 
 }  // namespace genfast::elbo
