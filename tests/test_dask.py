@@ -155,14 +155,18 @@ def test_gmm_equals_single_machine(client, rng, seed, covariance_type, dtype):
     # Far from the origin: the pooled scatter must stay centred.
     X = blobs(rng, dtype=dtype, offset=1e3)
     weights, means, precisions = initial_parameters(rng, X, 4, covariance_type)
-    params = dict(n_components=4, covariance_type=covariance_type, max_iter=15, tol=0, weights_init=weights,
+    # float32: EM amplifies the rounding of the two summation orders from step to step (after
+    # 15 steps one seed in about 50 differed by 5% in one small precision factor); 3 steps
+    # still show a scatter that is not centred, which is off from the first step.
+    max_iter = 15 if dtype == "float64" else 3
+    params = dict(n_components=4, covariance_type=covariance_type, max_iter=max_iter, tol=0, weights_init=weights,
                   means_init=means, precisions_init=precisions)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # max_iter reached with tol=0
         single = genfast.GaussianMixture(**params).fit(X)
         ours = gdask.GaussianMixture(**params).fit(on_cluster(client, X, uneven_chunks(rng, len(X))))
     rtol = PARAM_RTOL[dtype]
-    assert ours.n_iter_ == single.n_iter_ == 15
+    assert ours.n_iter_ == single.n_iter_ == max_iter
     assert_close(ours.lower_bounds_, single.lower_bounds_, rtol, "lower bounds", seed)
     for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
         assert getattr(ours, name).dtype == np.dtype(dtype), name
