@@ -202,7 +202,8 @@ def step_vae(genfast, Xtr, Xte, device, epochs, baseline_epochs, seed, progress)
     vae = make()
     _, t_gen = _timed(lambda: vae.fit(Xtr32, epochs=epochs, batch_size=BATCH_SIZE, lr=LEARNING_RATE,
                                       progress=progress, random_state=seed))
-    with _Progress(f"the same VAE on the numpy ELBO, {baseline_epochs} epochs"):
+    # (off a terminal the caller's one progress line covers this step too)
+    with _Progress(f"the same VAE on the numpy ELBO, {baseline_epochs} epochs") if progress else contextlib.nullcontext():
         _, t_ref = _timed(lambda: _train_vae_on_reference(make(), Xtr32, baseline_epochs, seed))
     value = vae.elbo(Xte32, generator=torch.Generator(device=device).manual_seed(seed))
     return {"key": "vae", "step": f"VAE (L={LATENT_DIM}, {epochs} epochs), per epoch", "metric": "ELBO", "value": value,
@@ -359,7 +360,7 @@ def _run(device, quick, out, seed, threads, n_digits, stream) -> dict:
     tty = sys.stderr.isatty()  # on a terminal the VAE's own progress bar, else one line per step
     if tty:
         print(f"  VAE, {epochs} epochs:", file=sys.stderr, flush=True)
-    with contextlib.nullcontext() if tty else _Progress(f"VAE, {epochs} epochs"):
+    with contextlib.nullcontext() if tty else _Progress(f"VAE, {epochs} epochs, and {baseline_epochs} on the numpy ELBO"):
         row, vae = step_vae(genfast, Xtr, Xte, device, epochs, baseline_epochs, seed, progress=tty)
     rows.append(row)
     for proposal in ("prior", "posterior"):
