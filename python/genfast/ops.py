@@ -589,17 +589,16 @@ def logmeanexp_stats(a, dim: int = -1):
     -inf, ESS 0 and standard error +inf (never NaN). numpy arrays or torch tensors (CPU or
     CUDA), float32 or float64 (results in a's dtype, on a's device; sums accumulated in float64).
     A NaN or +inf in a raises ValueError (on CUDA after one device-to-host copy of a flag)."""
-    be.placement_of("a", a)
+    place = be.placement_of("a", a)
     a = a if be.is_torch(a) else np.asarray(a)  # lists and scalars too, as the other ops take them
     ndim = a.ndim
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not -ndim <= dim < ndim:
         raise ValueError(f"dim must be an int in [-{ndim}, {ndim}) for a with shape {tuple(a.shape)}, got {dim!r}")
     if a.shape[dim] == 0:
         raise ValueError(f"a has no samples along dim {dim} (shape {tuple(a.shape)})")
-    moved = a.movedim(dim, -1) if be.is_torch(a) else np.moveaxis(np.asarray(a), dim, -1)
+    moved = a.movedim(dim, -1) if be.is_torch(a) else np.moveaxis(a, dim, -1)
     out_shape = tuple(moved.shape[:-1])
     rows = _rows_2d("a", moved.reshape(-1, moved.shape[-1]))
-    place = be.placement_of("a", rows)
     if place.cuda:
         acc = _LogMeanExpState(rows.shape[0])
         acc.update(rows)
