@@ -29,6 +29,43 @@ constexpr int kRankVectors = 2;
 /// Independent partial sums in the M-step's loops over a tile's points (P is a multiple).
 constexpr int kChains = 4;
 
+/// How the fused EM step sums the tied scatter sum_k sum_n r_nk (x_n - m_k)(x_n - m_k)^T.
+enum class TiedSum {
+  /// About one centre c for every point and component: one rank update per point, then
+  /// moved to each component. Cancels where the means lie far apart (or an outlier has its
+  /// own component), by about eps_A S(c): the first pass's way, kept unless it cancelled.
+  shared_shift,
+  /// About each point's most responsible component (tied_scatter_tile): one or two rank
+  /// updates per point and K x K between-means weights; exact for any spread of the means.
+  dominant,
+  /// Each component's scatter about its own mean into the shared matrix, as for full: K rank
+  /// updates per tile, exact; where K is too large for dominant's weights.
+  per_component,
+};
+
+/// Most components for which the dominant tied sum keeps its K x K between-means weights
+/// (8 MB per block in double).
+constexpr int64_t kTiedBetweenMaxComponents = 1024;
+
+/// shared_shift is kept while S(c) is at most this many times the scatter about the new
+/// means on every diagonal entry, which keeps its error near 2^-32 of the scatter for float
+/// data and 2^-42 for double.
+template <class T> constexpr double kSharedShift = std::numeric_limits<T>::digits >= 53 ? 1024.0 : 1048576.0;
+
+/// Rows staged per rank update when expanding the between-means weights.
+constexpr int64_t kBetweenBatch = 256;
+
+/// The fused EM step sums each tile about shifts m_k (first the given means) in T. When a
+/// component's new mean lies more than sqrt(kFarShift) standard deviations from its shift,
+/// the statistics are summed again about the new means, at most kMaxShiftPasses passes in
+/// all (each pass cuts a far shift's error by about 1 / eps_T, so four reach the spread from
+/// any float32 shift). kFarShift keeps the error from the shift, about eps_T kFarShift of the
+/// scatter, near 2^-18 (float) or 2^-40 (double).
+template <class T> constexpr double kFarShift = std::numeric_limits<T>::digits >= 53 ? 8192.0 : 64.0;
+constexpr int kMaxShiftPasses = 4;
+/// A move below this fraction of |m_kd| is only the rounding of the mean: not worth a pass.
+template <class T> const double kShiftRounding = std::sqrt(std::numeric_limits<T>::epsilon());
+
 /// The kChains partial sums added in a fixed order.
 template <class V> V fold(const V* partial) { return (partial[0] + partial[1]) + (partial[2] + partial[3]); }
 
@@ -346,6 +383,117 @@ void rank_update(int64_t n, int64_t rows, int64_t stride, int64_t vectors, const
   }
 }
 
+/// g[v0 LA, (v0 + NV) LA) = sum_c r[c] (m_{k[c]} - m_j) over `count` components, in NV
+/// register accumulators (means and m_j: rows of `stride` A, zero past D).
+template <int NV, class A>
+void add_mean_offsets(int64_t count, const int64_t* k, const A* r, const A* means, int64_t stride,
+                      const A* mj, int64_t v0, A* g) {
+  using VA = simd::vec_t<A>;
+  constexpr int LA = simd::vector<A>::lanes;
+  VA sum[NV] = {}, base[NV];
+  for (int i = 0; i < NV; ++i) base[i] = simd::load<VA>(mj + (v0 + i) * LA);
+  for (int64_t c = 0; c < count; ++c) {
+    const A* mk = means + k[c] * stride + v0 * LA;
+    for (int i = 0; i < NV; ++i) sum[i] += r[c] * (simd::load<VA>(mk + i * LA) - base[i]);
+  }
+  for (int i = 0; i < NV; ++i) simd::store(g + (v0 + i) * LA, sum[i]);
+}
+
+/// The tied scatter of one tile's points about the current means,
+///   sum_p sum_k r_pk (x_p - m_k)(x_p - m_k)^T,
+/// without one rank update per component. About each point's most responsible component j
+/// (u = x - m_j, v_k = m_k - m_j, R = sum_k r_k, g = sum_k r_k v_k = R (mbar - m_j)):
+///   sum_k r_k (x - m_k)(x - m_k)^T = R (x - mbar)(x - mbar)^T - g g^T / R + sum_k r_k v_k v_k^T.
+/// The first two terms are rank-1 updates of S; the last depends on the point only through
+/// r_k, so it is added into between[j K + k] and expanded once for all points
+/// (expand_between). Every term is small where the point is near m_j, so no term cancels
+/// against another's spread, as one shared shift would for a point far from the rest.
+/// @param n          points in the tile (rows of x past n are not read)
+/// @param resp       [K][P] the tile's responsibilities in T
+/// @param x          [P][stride] the tile's points, zero past D
+/// @param means      [K][stride] the current means m_k in A, zero past D
+/// @param staged_d   [2P][stride] scratch, zero past D; staged_r the same
+/// @param others     [K] scratch: the components other than j with r_k > 0, and r_others their r_k
+/// @param g          [stride] scratch
+/// @param S          the scatter's upper triangle, rows of `vectors` A vectors
+/// @param between    [K][K] the between-means weights, A lanes of an accumulator row
+template <class T, class A>
+void tied_scatter_tile(int64_t n, int64_t K, int64_t D, int64_t rows, int64_t stride, int64_t P,
+                       const T* resp, const T* x, const A* means, A* staged_d, A* staged_r,
+                       int64_t* others, A* r_others, A* g, simd::vec_t<A>* S, int64_t vectors,
+                       simd::vec_t<A>* between) {
+  constexpr int LA = simd::vector<A>::lanes;
+  int64_t staged = 0;
+  for (int64_t p = 0; p < n; ++p) {
+    int64_t j = 0;
+    A R = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      const T r = resp[k * P + p];
+      R += A(r);
+      if (r > resp[j * P + p]) j = k;
+    }
+    if (R == A(0)) continue;  // a point of probability 0 has no term
+    int64_t count = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      const A r = A(resp[k * P + p]);
+      if (k == j || r == A(0)) continue;
+      others[count] = k;
+      r_others[count++] = r;
+      const int64_t e = j * K + k;
+      between[e / LA][e % LA] += r;
+    }
+    const A* mj = means + j * stride;
+    int64_t v0 = 0;
+    for (; v0 + 8 <= vectors; v0 += 8) add_mean_offsets<8>(count, others, r_others, means, stride, mj, v0, g);
+    for (; v0 + 2 <= vectors; v0 += 2) add_mean_offsets<2>(count, others, r_others, means, stride, mj, v0, g);
+    if (v0 < vectors) add_mean_offsets<1>(count, others, r_others, means, stride, mj, v0, g);
+    // x - mbar = u - g / R, weighted R
+    A* d1 = staged_d + staged * stride;
+    A* r1 = staged_r + staged * stride;
+    for (int64_t d = 0; d < D; ++d) {
+      d1[d] = (A(x[p * stride + d]) - mj[d]) - g[d] / R;
+      r1[d] = R * d1[d];
+    }
+    ++staged;
+    if (count == 0) continue;  // g = 0
+    // - g g^T / R
+    A* d2 = staged_d + staged * stride;
+    A* r2 = staged_r + staged * stride;
+    for (int64_t d = 0; d < D; ++d) {
+      d2[d] = g[d];
+      r2[d] = -g[d] / R;
+    }
+    ++staged;
+  }
+  rank_update(staged, rows, stride, vectors, staged_r, staged_d, S);
+}
+
+/// sum_j sum_k between[j K + k] (m_k - m_j)(m_k - m_j)^T: the tied scatter's between-means
+/// part (tied_scatter_tile), into the upper triangle of S (rows of `vectors` A vectors).
+template <class A>
+void expand_between(int64_t K, int64_t D, int64_t rows, int64_t stride, const A* means,
+                    const simd::vec_t<A>* between, simd::vec_t<A>* S, int64_t vectors) {
+  constexpr int LA = simd::vector<A>::lanes;
+  std::vector<A> staged_d(size_t(kBetweenBatch * stride), A(0)), staged_r(staged_d);
+  int64_t staged = 0;
+  for (int64_t e = 0; e < K * K; ++e) {
+    const A w = between[e / LA][e % LA];
+    if (w != A(0)) {
+      const A* mj = means + (e / K) * stride;
+      const A* mk = means + (e % K) * stride;
+      for (int64_t d = 0; d < D; ++d) {
+        staged_d[size_t(staged * stride + d)] = mk[d] - mj[d];
+        staged_r[size_t(staged * stride + d)] = w * (mk[d] - mj[d]);
+      }
+      ++staged;
+    }
+    if (staged == kBetweenBatch || (e == K * K - 1 && staged)) {
+      rank_update(staged, rows, stride, vectors, staged_r.data(), staged_d.data(), S);
+      staged = 0;
+    }
+  }
+}
+
 }  // namespace
 
 template <class T>
@@ -396,170 +544,253 @@ void em_step(const Shape& s, Covariance cov, const T* X, const T* weights, const
   const std::vector<T> means_t = tied ? transposed_means(s, means) : std::vector<T>();
   const int64_t K = s.K, D = s.D;
   // A tile's points are staged as rows of `stride` values (zero-padded past D, at least
-  // `rows` = D rounded up to kRankRows): DV vectors of T, or DVA vectors of A for the tied
-  // model's rank-1 update.
+  // `rows` = D rounded up to kRankRows): DV vectors of T, or DV W vectors of A.
   const int64_t rows = (D + kRankRows - 1) / kRankRows * kRankRows;
   const int64_t stride = (rows + L - 1) / L * L, DV = stride / L;
-  const int64_t strideA = (rows + LA - 1) / LA * LA, DVA = strideA / LA;
   // Each tile's sums are formed in T (at most P terms) and added into the block's, in A.
-  // Block accumulators (A vectors): N_k lane partials [K][W], the sums centred on the shift
-  // m_k, c_k = sum_n r_nk (x_n - m_k) [K][DV W], and the scatter about m_k (full:
-  // [K][rows][DV W]; diag: its diagonal [K][DV W]; spherical: lane partials of its trace in
-  // the first W of [K][DV W], from the E-step's Mahalanobis terms). m_k are the current means,
-  // except for the tied model, whose one scatter [rows][DVA] is summed about c = the first
-  // point: sum_k r_nk (x_n - c)(x_n - c)^T is one rank-1 update per point, weighted by
-  // sum_k r_nk, kept in A throughout because it also holds the spread between the means.
-  const int64_t row_vectors = tied ? DVA : DV * W;  // A vectors per row of the scatter
+  // Block accumulators (A vectors): N_k lane partials [K][W], the sums centred on the
+  // shifts m_k, c_k = sum_n r_nk (x_n - m_k) [K][DV W], and the scatter (full: about m_k,
+  // [K][rows][DV W]; tied: one [rows][DV W] as TiedSum says, and for `dominant` the
+  // between-means weights [K K]; diag: its diagonal about m_k [K][DV W]; spherical: lane
+  // partials of its trace about m_k in the first W of [K][DV W]).
+  const int64_t row_vectors = DV * W;  // A vectors per row of the scatter
   const int64_t at_centred = K * W, at_scatter = at_centred + K * DV * W;
   const int64_t per_matrix = full || tied ? rows * row_vectors : row_vectors;
-  const int64_t row = at_scatter + (tied ? 1 : K) * per_matrix;
-  std::vector<T> m(static_cast<size_t>(K * stride), T(0));  // the shifts m_k, padded
+  const int64_t at_between = at_scatter + (tied ? 1 : K) * per_matrix;
+  // The shifts m_k the statistics are summed about, padded (and in A for tied): the given
+  // means, or the previous pass's new means (see the end of the pass loop).
+  std::vector<T> m(static_cast<size_t>(K * stride), T(0));
+  std::vector<A> mA(tied ? m.size() : 0, A(0));
+  const auto set_shift = [&](int64_t k, int64_t d, T value) {
+    m[size_t(k * stride + d)] = value;
+    if (tied) mA[size_t(k * stride + d)] = A(value);
+  };
   for (int64_t k = 0; k < K; ++k)
-    for (int64_t d = 0; d < D; ++d) m[size_t(k * stride + d)] = !tied ? means[k * D + d] : s.N ? X[d] : T(0);
+    for (int64_t d = 0; d < D; ++d) set_shift(k, d, means[k * D + d]);
+  // tied, shared_shift: c = sum_k w_k mu_k / sum_k w_k, about where the data's mean should be
+  std::vector<A> centre(static_cast<size_t>(stride), A(0));
+  if (tied) {
+    A total = 0;
+    for (int64_t k = 0; k < K; ++k) total += A(weights[k]);
+    for (int64_t k = 0; k < K && total > A(0); ++k)
+      for (int64_t d = 0; d < D; ++d) centre[size_t(d)] += A(weights[k]) / total * A(means[k * D + d]);
+  }
+  TiedSum tied_sum = TiedSum::shared_shift;
+  std::vector<A> new_means(static_cast<size_t>(K * D));
 
-  int64_t unused = 0;
-  const auto totals = blocked_sum<VA>(1, s.N, row, [&](int64_t, int64_t i0, int64_t i1, VA* acc) {
-    Tl tile(s, cov, means, prec_chol, means_t.data(), constants.data());
-    std::vector<T> resp(static_cast<size_t>(K * P));
-    // The tile's points (x), minus m_k (dm), times r_nk (rd); padding lanes stay 0. St: a
-    // component's scatter over the tile (full).
-    std::vector<T> x(static_cast<size_t>(P * stride), T(0)), dm(x), rd(x);
-    std::vector<V> St(full ? static_cast<size_t>(rows * DV) : 0);
-    std::vector<A> dmA(tied ? static_cast<size_t>(P * strideA) : 0, A(0)), rdA(dmA), rsum(static_cast<size_t>(P));
-    for (int64_t t0 = i0; t0 < i1; t0 += P) {
-      const int64_t n = std::min<int64_t>(P, i1 - t0);
-      tile.compute(X + t0 * D, n);
-      for (int64_t p = 0; p < n; ++p) log_prob[t0 + p] = tile.log_prob()[p / L][p % L];
-      // r_pk = exp(log w_k N(x_p | k) - log p(x_p)); 0 for a point of probability 0 (whose
-      // joint values are all -inf) and for the lanes past the tile's n points.
-      for (int r = 0; r < R; ++r) {
-        const V lp = tile.log_prob()[r];
-        const V shift = lse_shift<T>(lp);
-        V valid;
-        for (int l = 0; l < L; ++l) valid[l] = r * L + l < n ? T(1) : T(0);
-        for (int64_t k = 0; k < K; ++k)
-          simd::store(&resp[size_t(k * P + r * L)], valid * vmath::exp_approx(tile.joint(k)[r] - shift));
-      }
-      const int64_t n_chains = (n + kChains - 1) / kChains * kChains;
-      for (int64_t p = 0; p < n; ++p) std::copy(X + (t0 + p) * D, X + (t0 + p + 1) * D, &x[size_t(p * stride)]);
-      std::fill(x.begin() + n * stride, x.begin() + n_chains * stride, T(0));
-      if (tied) {  // dm = x - c for every component, also in A for the rank-1 update
-        for (int64_t p = 0; p < n; ++p)
-          for (int64_t d = 0; d < D; ++d) {
-            dm[size_t(p * stride + d)] = x[size_t(p * stride + d)] - m[size_t(d)];
-            dmA[size_t(p * strideA + d)] = A(x[size_t(p * stride + d)]) - A(m[size_t(d)]);
-          }
+  for (int pass = 1;; ++pass) {
+    // spherical: the first pass takes the trace about the given means from the E-step's
+    // Mahalanobis terms; a later pass, about other shifts, sums r (x_d - m_kd)^2 as diag does.
+    const bool shifts_are_means = pass == 1;
+    const bool squares = cov == Covariance::diag || (cov == Covariance::spherical && !shifts_are_means);
+    const bool per_component = full || (tied && tied_sum == TiedSum::per_component);
+    const bool dominant = tied && tied_sum == TiedSum::dominant, shared = tied && tied_sum == TiedSum::shared_shift;
+    const int64_t row = at_between + (dominant ? (K * K + LA - 1) / LA : 0);
+    int64_t unused = 0;
+    const auto totals = blocked_sum<VA>(1, s.N, row, [&](int64_t, int64_t i0, int64_t i1, VA* acc) {
+      Tl tile(s, cov, means, prec_chol, means_t.data(), constants.data());
+      std::vector<T> resp(static_cast<size_t>(K * P));
+      // The tile's points (x), minus m_k (dm), times r_nk (rd); padding lanes stay 0. St: a
+      // component's scatter over the tile (full). staged_*, rsum, g, others: the tied sums'
+      // scratch.
+      std::vector<T> x(static_cast<size_t>(P * stride), T(0)), dm(x), rd(x);
+      std::vector<V> St(per_component ? static_cast<size_t>(rows * DV) : 0);
+      std::vector<A> staged_d(tied ? static_cast<size_t>(2 * P * stride) : 0, A(0)), staged_r(staged_d);
+      std::vector<A> rsum(shared ? static_cast<size_t>(P) : 0);
+      std::vector<A> g(dominant ? static_cast<size_t>(stride) : 0), r_others(dominant ? static_cast<size_t>(K) : 0);
+      std::vector<int64_t> others(r_others.size());
+      for (int64_t t0 = i0; t0 < i1; t0 += P) {
+        const int64_t n = std::min<int64_t>(P, i1 - t0);
+        tile.compute(X + t0 * D, n);
+        for (int64_t p = 0; p < n; ++p) log_prob[t0 + p] = tile.log_prob()[p / L][p % L];
+        // r_pk = exp(log w_k N(x_p | k) - log p(x_p)); 0 for a point of probability 0 (whose
+        // joint values are all -inf) and for the lanes past the tile's n points.
+        for (int r = 0; r < R; ++r) {
+          const V lp = tile.log_prob()[r];
+          const V shift = lse_shift<T>(lp);
+          V valid;
+          for (int l = 0; l < L; ++l) valid[l] = r * L + l < n ? T(1) : T(0);
+          for (int64_t k = 0; k < K; ++k)
+            simd::store(&resp[size_t(k * P + r * L)], valid * vmath::exp_approx(tile.joint(k)[r] - shift));
+        }
+        const int64_t n_chains = (n + kChains - 1) / kChains * kChains;
+        for (int64_t p = 0; p < n; ++p) std::copy(X + (t0 + p) * D, X + (t0 + p + 1) * D, &x[size_t(p * stride)]);
+        std::fill(x.begin() + n * stride, x.begin() + n_chains * stride, T(0));
         std::fill(rsum.begin(), rsum.end(), A(0));
-      }
-      for (int64_t k = 0; k < K; ++k) {
-        const T* rk = &resp[size_t(k * P)];
-        for (int r = 0; r < R; ++r) add_widened<A, T>(acc + k * W, simd::load<V>(rk + r * L));
-        bool any = false;  // a component with no weight in the tile adds exact zeros: skip it
-        for (int64_t p = 0; p < n && !any; ++p) any = rk[p] != T(0);
-        if (!any) continue;
-        VA* centred = acc + at_centred + k * DV * W;
-        VA* S = acc + at_scatter + (tied ? 0 : k) * per_matrix;
-        // One vector of features at a time over the tile's points, the sums in registers:
-        // d = x_p - m_k, c_k += r_p d; diag S_k += r_p d^2; full stages d and r_p d
-        // for the rank update below; tied adds r_pk into the point's weight.
-        for (int64_t v = 0; v < DV; ++v) {
-          const V mkv = simd::load<V>(&m[size_t(k * stride + v * L)]);
-          // kChains partial sums (point p into p % kChains), so that the FMAs do not wait on
-          // each other's latency (15-20% faster for diag/spherical); rows past n have r = 0
-          // and zero points.
-          V sum_rd[kChains] = {}, sum_rdd[kChains] = {};
-          for (int64_t p0 = 0; p0 < n_chains; p0 += kChains)
-            for (int c = 0; c < kChains; ++c) {
-              const int64_t p = p0 + c, at = p * stride + v * L;
-              if (tied) {
-                sum_rd[c] += rk[p] * simd::load<V>(&dm[size_t(at)]);
-                continue;
+        for (int64_t k = 0; k < K; ++k) {
+          const T* rk = &resp[size_t(k * P)];
+          for (int r = 0; r < R; ++r) add_widened<A, T>(acc + k * W, simd::load<V>(rk + r * L));
+          bool any = false;  // a component with no weight in the tile adds exact zeros: skip it
+          for (int64_t p = 0; p < n && !any; ++p) any = rk[p] != T(0);
+          if (!any) continue;
+          VA* centred = acc + at_centred + k * DV * W;
+          VA* S = acc + at_scatter + (tied ? 0 : k) * per_matrix;
+          // One vector of features at a time over the tile's points, the sums in registers:
+          // d = x_p - m_k, c_k += r_p d; diag S_k += r_p d^2; full stages d and r_p d for
+          // the rank update below.
+          for (int64_t v = 0; v < DV; ++v) {
+            const V mkv = simd::load<V>(&m[size_t(k * stride + v * L)]);
+            // kChains partial sums (point p into p % kChains), so that the FMAs do not wait on
+            // each other's latency (15-20% faster for diag/spherical); rows past n have r = 0
+            // and zero points.
+            V sum_rd[kChains] = {}, sum_rdd[kChains] = {};
+            for (int64_t p0 = 0; p0 < n_chains; p0 += kChains)
+              for (int c = 0; c < kChains; ++c) {
+                const int64_t p = p0 + c, at = p * stride + v * L;
+                const V d = simd::load<V>(&x[size_t(at)]) - mkv, q = rk[p] * d;
+                sum_rd[c] += q;
+                if (per_component) {
+                  simd::store(&dm[size_t(at)], d);
+                  simd::store(&rd[size_t(at)], q);
+                } else if (squares) {
+                  sum_rdd[c] += q * d;
+                }
               }
-              const V d = simd::load<V>(&x[size_t(at)]) - mkv, q = rk[p] * d;
-              sum_rd[c] += q;
-              if (full) {
-                simd::store(&dm[size_t(at)], d);
-                simd::store(&rd[size_t(at)], q);
-              } else if (cov == Covariance::diag) {
-                sum_rdd[c] += q * d;
-              }
-            }
-          if (cov == Covariance::diag) add_widened<A, T>(S + v * W, fold(sum_rdd));
-          add_widened<A, T>(centred + v * W, fold(sum_rd));
-        }
-        if (cov == Covariance::spherical) {
-          // sum_p r_p ||x_p - m_k||^2 = sum_p r_p maha_p sigma_k^2, from the E-step's terms;
-          // a point with r_p = 0 adds 0 even where its maha overflowed (0 inf would be NaN)
-          V sum_rm{};
-          for (int r = 0; r < R; ++r) {
-            const V rv = simd::load<V>(rk + r * L);
-            sum_rm += rv == T(0) ? V{} : rv * tile.sq_dist(k)[r];
+            // diag: S_k's diagonal; spherical: its trace, in the lanes of the first W vectors
+            if (squares) add_widened<A, T>(S + (cov == Covariance::diag ? v * W : 0), fold(sum_rdd));
+            add_widened<A, T>(centred + v * W, fold(sum_rd));
           }
-          add_widened<A, T>(S, sum_rm / prec_chol[k] / prec_chol[k]);  // sigma^2 = 1 / P^2 may overflow
+          if (cov == Covariance::spherical && shifts_are_means) {
+            // sum_p r_p ||x_p - m_k||^2 = sum_p r_p maha_p sigma_k^2, from the E-step's terms;
+            // a point with r_p = 0 adds 0 even where its maha overflowed (0 inf would be NaN)
+            V sum_rm{};
+            for (int r = 0; r < R; ++r) {
+              const V rv = simd::load<V>(rk + r * L);
+              sum_rm += rv == T(0) ? V{} : rv * tile.sq_dist(k)[r];
+            }
+            add_widened<A, T>(S, sum_rm / prec_chol[k] / prec_chol[k]);  // sigma^2 = 1 / P^2 may overflow
+          }
+          if (shared)
+            for (int64_t p = 0; p < n; ++p) rsum[size_t(p)] += A(rk[p]);
+          if (per_component) {  // the tile's S_k, then into the block's (tied: the shared one)
+            std::fill(St.begin(), St.end(), V{});
+            rank_update(n, rows, stride, DV, rd.data(), dm.data(), St.data());
+            for (int64_t e = 0; e < rows * DV; ++e) add_widened<A, T>(S + e * W, St[size_t(e)]);
+          }
         }
-        if (tied) {
-          for (int64_t p = 0; p < n; ++p) rsum[size_t(p)] += A(rk[p]);
-        } else if (full) {  // the tile's S_k, then into the block's
-          std::fill(St.begin(), St.end(), V{});
-          rank_update(n, rows, stride, DV, rd.data(), dm.data(), St.data());
-          for (int64_t e = 0; e < rows * DV; ++e) add_widened<A, T>(S + e * W, St[size_t(e)]);
+        if (shared) {  // S += sum_p (sum_k r_pk) (x_p - c)(x_p - c)^T
+          for (int64_t p = 0; p < n; ++p)
+            for (int64_t d = 0; d < D; ++d) {
+              const A dev = A(x[size_t(p * stride + d)]) - centre[size_t(d)];
+              staged_d[size_t(p * stride + d)] = dev;
+              staged_r[size_t(p * stride + d)] = rsum[size_t(p)] * dev;
+            }
+          rank_update(n, rows, stride, row_vectors, staged_r.data(), staged_d.data(), acc + at_scatter);
+        } else if (dominant) {
+          tied_scatter_tile<T, A>(n, K, D, rows, stride, P, resp.data(), x.data(), mA.data(), staged_d.data(),
+                                  staged_r.data(), others.data(), r_others.data(), g.data(), acc + at_scatter,
+                                  row_vectors, acc + at_between);
         }
       }
-      if (tied) {  // S += sum_p (sum_k r_pk) (x_p - c)(x_p - c)^T
-        for (int64_t p = 0; p < n; ++p)
-          for (int64_t d = 0; d < D; ++d) rdA[size_t(p * strideA + d)] = rsum[size_t(p)] * dmA[size_t(p * strideA + d)];
-        rank_update(n, rows, strideA, DVA, rdA.data(), dmA.data(), acc + at_scatter);
-      }
-    }
-    return int64_t(0);
-  }, unused);
+      return int64_t(0);
+    }, unused);
 
-  // Move the statistics from m_k to mu_k = sums_k / (N_k + 10 eps): with c_k = sums_k - N_k m_k
-  // and delta_k = mu_k - m_k = (c_k - 10 eps m_k) / (N_k + 10 eps),
-  //   sum_n r_nk (x_n - mu_k)(x_n - mu_k)^T = S_k(m_k) - c_k delta_k^T - delta_k c_k^T + N_k delta_k delta_k^T.
-  const auto lane = [&](int64_t vector, int64_t l) { return totals[size_t(vector + l / LA)][l % LA]; };
-  std::vector<A> tied_upper(tied ? static_cast<size_t>(D * D) : 0, A(0));
-  std::vector<A> c(static_cast<size_t>(D)), delta(static_cast<size_t>(D));
-  for (int64_t k = 0; k < K; ++k) {
-    A n = 0;
-    for (int64_t l = 0; l < L; ++l) n += lane(k * W, l);
-    nk[k] = T(n);
-    for (int64_t d = 0; d < D; ++d) {
-      c[size_t(d)] = lane(at_centred + k * DV * W, d);
-      const A mkd = m[size_t(k * stride + d)];
-      sums[k * D + d] = T(c[size_t(d)] + n * mkd);
-      delta[size_t(d)] = (c[size_t(d)] - empty_component_guard() * mkd) / (n + empty_component_guard());
+    // Move the statistics from the shifts m_k to mu_k = sums_k / (N_k + 10 eps): with
+    // c_k = sums_k - N_k m_k and delta_k = mu_k - m_k = (c_k - 10 eps m_k) / (N_k + 10 eps),
+    //   sum_n r_nk (x_n - mu_k)(x_n - mu_k)^T = S_k(m_k) - c_k delta_k^T - delta_k c_k^T + N_k delta_k delta_k^T.
+    // (tied, shared_shift: S(c) moves from c, with c_k + N_k (m_k - c) and delta_k + m_k - c.)
+    const auto lane = [&](int64_t vector, int64_t l) { return totals[size_t(vector + l / LA)][l % LA]; };
+    // tied: the shared S before the moves (dominant: the rank updates' sum plus the
+    // between-means part), then each component's move after it
+    std::vector<VA> tied_S;
+    if (tied) {
+      tied_S.assign(totals.begin() + at_scatter, totals.begin() + at_scatter + per_matrix);
+      if (dominant)
+        expand_between(K, D, rows, stride, mA.data(), totals.data() + at_between, tied_S.data(), row_vectors);
     }
-    const int64_t S0 = at_scatter + (tied ? 0 : k) * per_matrix;
-    const auto corrected = [&](A S_ab, int64_t a, int64_t b) {
-      return S_ab - c[size_t(a)] * delta[size_t(b)] - delta[size_t(a)] * c[size_t(b)] + n * delta[size_t(a)] * delta[size_t(b)];
+    std::vector<A> tied_upper(tied ? static_cast<size_t>(D * D) : 0, A(0));
+    std::vector<A> c(static_cast<size_t>(D)), delta(static_cast<size_t>(D));
+    // Whether to sum again about the new means (far_shift): the tile sums in T carry about eps_T
+    // of |x - m_k|^2, which swamps the scatter once the shift is more than sqrt(kFarShift)
+    // standard deviations from the new mean, and is +-inf once it overflows T. move_sq: N_k
+    // delta_kd^2 per feature (tied: summed over the components); moved: some delta_kd is more
+    // than the shift's own rounding (sqrt(eps_T) |m_kd|), so that another pass changes it.
+    std::vector<A> move_sq(static_cast<size_t>(D), A(0));
+    bool far_shift = false, moved_any = false;
+    const auto too_far = [&](A after, A move, bool moved) {
+      return moved && (!std::isfinite(after) || move > kFarShift<T> * after);
     };
-    switch (cov) {
-      case Covariance::full:
-        for (int64_t a = 0; a < D; ++a)
-          for (int64_t b = a; b < D; ++b)
-            scatter[(k * D + a) * D + b] = scatter[(k * D + b) * D + a] = T(corrected(lane(S0 + a * row_vectors, b), a, b));
-        break;
-      case Covariance::tied:  // the shared S(c) once, each component's correction after it
-        for (int64_t a = 0; a < D; ++a)
-          for (int64_t b = a; b < D; ++b)
-            tied_upper[size_t(a * D + b)] = corrected(k == 0 ? lane(S0 + a * row_vectors, b) : tied_upper[size_t(a * D + b)], a, b);
-        break;
-      case Covariance::diag:
-        for (int64_t d = 0; d < D; ++d) scatter[k * D + d] = T(corrected(lane(S0, d), d, d));
-        break;
-      case Covariance::spherical: {  // S0's lanes hold partial sums of the trace about m_k
-        A trace = 0;
-        for (int64_t l = 0; l < L; ++l) trace += lane(S0, l);
-        for (int64_t d = 0; d < D; ++d) trace = corrected(trace, d, d);
-        scatter[k] = T(trace);
-        break;
+    for (int64_t k = 0; k < K; ++k) {
+      A n = 0;
+      for (int64_t l = 0; l < L; ++l) n += lane(k * W, l);
+      nk[k] = T(n);
+      bool moved = false;
+      for (int64_t d = 0; d < D; ++d) {
+        c[size_t(d)] = lane(at_centred + k * DV * W, d);
+        const A mkd = m[size_t(k * stride + d)];
+        sums[k * D + d] = T(c[size_t(d)] + n * mkd);
+        delta[size_t(d)] = (c[size_t(d)] - empty_component_guard() * mkd) / (n + empty_component_guard());
+        new_means[size_t(k * D + d)] = mkd + delta[size_t(d)];
+        moved = moved || std::abs(delta[size_t(d)]) > kShiftRounding<T> * std::abs(mkd);
       }
+      for (int64_t d = 0; d < D && moved; ++d) moved = std::isfinite(T(new_means[size_t(k * D + d)]));
+      moved_any = moved_any || moved;
+      if (!tied) std::fill(move_sq.begin(), move_sq.end(), A(0));
+      for (int64_t d = 0; d < D; ++d) move_sq[size_t(d)] += n * delta[size_t(d)] * delta[size_t(d)];
+      if (shared)  // S(c) moves from c: the sums about c and the move from c
+        for (int64_t d = 0; d < D; ++d) {
+          const A offset = A(m[size_t(k * stride + d)]) - centre[size_t(d)];
+          c[size_t(d)] += n * offset;
+          delta[size_t(d)] += offset;
+        }
+      const int64_t S0 = at_scatter + (tied ? 0 : k) * per_matrix;
+      const auto corrected = [&](A S_ab, int64_t a, int64_t b) {
+        return S_ab - c[size_t(a)] * delta[size_t(b)] - delta[size_t(a)] * c[size_t(b)] + n * delta[size_t(a)] * delta[size_t(b)];
+      };
+      switch (cov) {
+        case Covariance::full:
+          for (int64_t a = 0; a < D; ++a)
+            for (int64_t b = a; b < D; ++b) {
+              const A S_ab = corrected(lane(S0 + a * row_vectors, b), a, b);
+              scatter[(k * D + a) * D + b] = scatter[(k * D + b) * D + a] = T(S_ab);
+              if (a == b) far_shift = far_shift || too_far(S_ab, move_sq[size_t(a)], moved);
+            }
+          break;
+        case Covariance::tied:
+          for (int64_t a = 0; a < D; ++a)
+            for (int64_t b = a; b < D; ++b) {
+              A& S_ab = tied_upper[size_t(a * D + b)];
+              S_ab = corrected(k == 0 ? tied_S[size_t(a * row_vectors + b / LA)][b % LA] : S_ab, a, b);
+            }
+          break;
+        case Covariance::diag:
+          for (int64_t d = 0; d < D; ++d) {
+            const A S_dd = corrected(lane(S0, d), d, d);
+            scatter[k * D + d] = T(S_dd);
+            far_shift = far_shift || too_far(S_dd, move_sq[size_t(d)], moved);
+          }
+          break;
+        case Covariance::spherical: {  // S0's lanes hold partial sums of the trace about m_k
+          A trace = 0, move = 0;
+          for (int64_t l = 0; l < L; ++l) trace += lane(S0, l);
+          for (int64_t d = 0; d < D; ++d) trace = corrected(trace, d, d);
+          for (int64_t d = 0; d < D; ++d) move += move_sq[size_t(d)];
+          scatter[k] = T(trace);
+          far_shift = far_shift || too_far(trace, move, moved);
+          break;
+        }
+      }
+    }
+    // tied, shared_shift: S(c) carries about eps_A of itself, which swamps the scatter once
+    // it is more than kSharedShift times the scatter (components far apart, or an outlier):
+    // sum again about each point's most responsible component instead.
+    bool cancelled = false;
+    if (tied)
+      for (int64_t a = 0; a < D; ++a) {
+        for (int64_t b = a; b < D; ++b) scatter[a * D + b] = scatter[b * D + a] = T(tied_upper[size_t(a * D + b)]);
+        const A before = tied_S[size_t(a * row_vectors + a / LA)][a % LA], after = tied_upper[size_t(a * D + a)];
+        far_shift = far_shift || too_far(after, move_sq[size_t(a)], moved_any);
+        cancelled = cancelled || (shared && std::isfinite(before) && !(before <= kSharedShift<T> * after));
+      }
+    if ((!far_shift && !cancelled) || pass == kMaxShiftPasses) break;
+    if (cancelled) tied_sum = K <= kTiedBetweenMaxComponents ? TiedSum::dominant : TiedSum::per_component;
+    // Sum again about the new means (where finite); the E-step is the same, so log_prob is too.
+    for (int64_t k = 0; k < K && far_shift; ++k) {
+      bool finite = true;
+      for (int64_t d = 0; d < D; ++d) finite = finite && std::isfinite(T(new_means[size_t(k * D + d)]));
+      for (int64_t d = 0; d < D && finite; ++d) set_shift(k, d, T(new_means[size_t(k * D + d)]));
     }
   }
-  if (cov == Covariance::tied)
-    for (int64_t a = 0; a < D; ++a)
-      for (int64_t b = a; b < D; ++b) scatter[a * D + b] = scatter[b * D + a] = T(tied_upper[size_t(a * D + b)]);
 }
 
 template <class T>

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -89,6 +91,30 @@ def test_em_step_matches_reference_and_writes_every_output(rng, seed, shape, cov
         assert rel_err(got, ref) < RTOL[dtype], f"{name} seed={seed}"
 
 
+@pytest.mark.parametrize("far", [False, True])
+@pytest.mark.parametrize("K", [40, 1024, 1025])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tied_em_step_with_many_components(rng, seed, K, dtype, far):
+    # The fused tied M-step sums about one centre unless that cancels (far: half the components
+    # and their points 1e4 standard deviations away), then about each point's most responsible
+    # component with K x K between-means weights, expanded 256 pairs at a time (40 overlapping
+    # components give 1560 nonzero pairs), and past 1024 components each component's scatter
+    # about its own mean. float64's 1e-12 tolerance fails if the shared centre were kept.
+    N, D = 700, 3
+    weights, means, prec = random_mixture(rng, K, D, "tied")
+    X = rng.normal(scale=1.5, size=(N, D))
+    if far:
+        means[K // 2:] += 1e4
+        X[N // 2:] += 1e4
+    weights, means, prec, X = (a.astype(dtype) for a in (weights, means, prec, X))
+    outputs = [np.full(N, np.nan, dtype), np.full(K, np.nan, dtype), np.full((K, D), np.nan, dtype),
+               np.full((D, D), np.nan, dtype)]
+    _core.gmm_em_step(X, weights, means, 0.3 * prec, "tied", *outputs)
+    want = reference.gmm_em_step(X, weights, means, 0.3 * prec, "tied")
+    for name, got, ref in zip(("log_prob", "nk", "sums", "scatter"), outputs, want):
+        assert rel_err(got, ref) < RTOL[dtype], f"{name} seed={seed}"
+
+
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_em_step_scatter_is_moved_exactly_from_far_means(rng, seed, covariance_type):
     # The scatter is summed about the given means and moved to the new ones: the move must be
@@ -104,6 +130,25 @@ def test_em_step_scatter_is_moved_exactly_from_far_means(rng, seed, covariance_t
     _, _, _, scatter = ops.gmm_em_step(X32, weights, X32[:4], 10 * prec, covariance_type)
     variances = np.diagonal(scatter, axis1=-2, axis2=-1) if covariance_type in ("full", "tied") else scatter
     assert np.all(variances > 0), f"seed={seed}"
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_em_step_with_means_far_from_their_points(rng, seed, covariance_type, dtype):
+    """Found by the property tests: float32 means 1e19 away from their points summed the
+    tiles' squares about them to +inf (and the data's own spread was lost below their
+    rounding). A mean that moves far from its shift is now summed about again, at its new
+    place, so the statistics match the reference (float64: means 1e12 away)."""
+    offset = 1e19 if dtype == "float32" else 1e12
+    X = rng.normal(size=(57, 4))
+    weights, means, prec = random_mixture(rng, 2, 4, covariance_type)
+    means = means + offset * np.array([[1, -1, 0.5, 0.25], [-0.5, 1, 1, -1]])
+    weights, means, prec, X = (a.astype(dtype) for a in (weights, means, prec, X))
+    prec = prec / offset  # Mahalanobis terms of order 1: responsibilities not all 0 and 1
+    got = ops.gmm_em_step(X, weights, means, prec, covariance_type)
+    want = reference.gmm_em_step(X, weights, means, prec, covariance_type)
+    for name, a, b in zip(("log_prob", "nk", "sums", "scatter"), got, want):
+        assert np.isfinite(a).all() and rel_err(a, b) < RTOL[dtype], f"{name} seed={seed}"
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
@@ -333,19 +378,27 @@ def test_spherical_em_step_scatter_with_an_overflowing_zero_weight_point(dtype):
     np.testing.assert_allclose(scatter, want_scatter, rtol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, not fixed yet: the fused tied M-step sums and scatter about "
-                   "one shift c = X[0] for every component, so an outlier as the first point cancels the other "
-                   "points' statistics away (needs per-component shifts, or the two-pass path, for tied)")
+@pytest.mark.parametrize("big", [1e7, 1e15])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_tied_em_step_with_an_outlier_as_first_point(dtype):
-    """Found by the property tests' examples (not fixed): float32 sums -6.7e7 instead of 0.47
-    and a negative scatter -1.3e23 instead of 5.2; float64 scatter 1.6e14."""
-    X = np.array([[1e15], [-0.13], [0.2], [0.4]], dtype)
-    args = (X, np.array([0.5, 0.5], dtype), np.array([[1e15], [0.1]], dtype), np.ones((1, 1), dtype), "tied")
+def test_tied_em_step_with_an_outlier_as_first_point(dtype, big):
+    """Found by the property tests: the fused tied M-step summed every point's scatter about one
+    shift, the first point, so an outlier there cancelled the other points' statistics away
+    (float32 sums -6.7e7 instead of 0.47, scatter -1.3e23 instead of 5.2). Each point is now
+    taken about its most responsible component's mean.
+
+    The responsibilities here are exactly 0 and 1, so the exact statistics are rational: the
+    check is against them, not against the float64 reference, whose mu_0 = 1e15 / (1 + 10 eps)
+    is itself rounded by 0.06 (ulp 0.125) and moves the scatter by 0.13."""
+    X = np.array([[big], [-0.13], [0.2], [0.4]], dtype)
+    args = (X, np.array([0.5, 0.5], dtype), np.array([[big], [0.1]], dtype), np.ones((1, 1), dtype), "tied")
     _, nk, sums, scatter = ops.gmm_em_step(*args)
-    _, want_nk, want_sums, want_scatter = reference.gmm_em_step(X.astype(np.float64), *args[1:])
-    np.testing.assert_allclose(sums, want_sums, rtol=1e-5)
-    np.testing.assert_allclose(scatter, want_scatter, rtol=1e-5)
+    np.testing.assert_array_equal(nk, [1, 3])
+    x = [Fraction(float(v)) for v in X[:, 0]]
+    guard = Fraction(10) * Fraction(np.finfo(np.float64).eps)
+    mu0, mu1 = x[0] / (1 + guard), sum(x[1:]) / (3 + guard)
+    want_scatter = (x[0] - mu0) ** 2 + sum((v - mu1) ** 2 for v in x[1:])
+    np.testing.assert_allclose(sums[:, 0], [float(x[0]), float(sum(x[1:]))], rtol=1e-6)
+    np.testing.assert_allclose(scatter[0, 0], float(want_scatter), rtol=1e-5)
 
 
 @pytest.mark.parametrize("op", ["gmm_log_resp", "gmm_em_step"])

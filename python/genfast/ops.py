@@ -350,6 +350,10 @@ def gmm_em_step(X, weights, means, precisions_cholesky, covariance_type, *, chec
     tile of points gets its responsibilities and adds them into the statistics at once. The
     scatter is accumulated in float64 about the current means and moved exactly to the new
     ones, so it stays centred (float32 data far from the origin keeps positive variances).
+    Where a new mean lies far from its current one (beyond 8 standard deviations in float32,
+    90 in float64, or where the squares overflow), the statistics are summed again about the
+    new means, up to four passes over X in all; the tied scatter is summed about each point's
+    most responsible component, so an outlier anywhere cannot cancel the other points'.
 
     Parameters are those of `gmm_log_resp`.
 
