@@ -143,6 +143,23 @@ def test_init_params_same_initial_model_as_sklearn(init_params, covariance_type,
     np.testing.assert_allclose(ours.means_, theirs.means_, rtol=1e-6, atol=1e-6 * np.abs(X).max(), err_msg=msg)
 
 
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+@pytest.mark.parametrize("init_params", ["kmeans", "random"])
+def test_initial_responsibilities_in_pieces_match_sklearn(init_params, covariance_type, rng, seed, monkeypatch):
+    """The initial (n_samples, n_components) responsibilities are formed a piece of rows at a
+    time and the pieces' statistics pooled (Chan et al.): with pieces of 37 rows (7 of them,
+    the last short) the initial model, and so the run, is still scikit-learn's."""
+    from genfast import _mixture
+
+    monkeypatch.setattr(_mixture, "_PIECE_BYTES", 37 * 4 * 8)  # 37 rows of K=4 float64
+    X = make_data(rng, n=240)
+    state = int(rng.integers(2**31))
+    ours, theirs = fit_both(X, 4, covariance_type, init_params=init_params, random_state=state, max_iter=6, tol=0.0)
+    msg = f"seed={seed} init_params={init_params} covariance_type={covariance_type} random_state={state}"
+    np.testing.assert_allclose(ours.lower_bounds_, theirs.lower_bounds_, rtol=1e-6, err_msg=f"lower_bounds_; {msg}")
+    np.testing.assert_allclose(ours.means_, theirs.means_, rtol=1e-6, atol=1e-6 * np.abs(X).max(), err_msg=msg)
+
+
 @pytest.mark.parametrize("covariance_type", ["full", "diag"])
 def test_n_init_best_run_and_convergence_match_sklearn(covariance_type, rng, seed):
     """Best of n_init by final lower bound, then default tol: the same run, n_iter_ and

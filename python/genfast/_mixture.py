@@ -220,6 +220,31 @@ def _covariances_from_scatter(nk, scatter, covariance_type, reg_covar, n_feature
     return cov
 
 
+def _moved_scatter(nk, sums, scatter, to_means, covariance_type):
+    """sum_n r_nk (x_n - m_k)(x_n - m_k)^T about to_means m, from the scatter about the kernel's
+    means mu = sums / (nk + d), d = 10 eps, in the covariance type's shape."""
+    own_means = sums / (nk + _NK_EPS)[:, None]
+    delta = own_means - to_means
+    # sum_n r (x - mu) = sums - nk mu = d mu, so the scatter about m is
+    # scatter + nk delta delta^T + d (mu delta^T + delta mu^T), delta = mu - m (exact, for any nk)
+    if covariance_type in ("full", "tied"):
+        cross = _NK_EPS * own_means[:, :, None] * delta[:, None, :]
+        shift = nk[:, None, None] * delta[:, :, None] * delta[:, None, :] + cross + cross.transpose(0, 2, 1)
+        return scatter + (shift if covariance_type == "full" else shift.sum(axis=0))
+    shift = nk[:, None] * delta * delta + 2 * _NK_EPS * own_means * delta
+    return scatter + (shift if covariance_type == "diag" else shift.sum(axis=1))
+
+
+def _pooled_statistics(parts, covariance_type):
+    """The M-step statistics (N_k, sums, scatter) of a union of pieces of rows, from each
+    piece's (float64): N_k and sums add; each scatter moves to the pooled means
+    sums / (N_k + d) (Chan et al.'s parallel variance), so the result is centred as the
+    kernel's own scatter over all of those points."""
+    nk, sums = (sum(values) for values in list(zip(*parts))[:2])
+    pooled_means = sums / (nk + _NK_EPS)[:, None]
+    return nk, sums, sum(_moved_scatter(n, s, S, pooled_means, covariance_type) for n, s, S in parts)
+
+
 # ============================================================================ where the data lives
 class _Place:
     """Moves the small host parameters to where X lives and N-sized results back."""
@@ -239,6 +264,14 @@ class _Place:
 
     def host(self, a, dtype=np.float64):
         return be.to_numpy(a).astype(dtype, copy=False)
+
+    def rows(self, X, index):
+        """X[index] for a numpy array of row indices."""
+        if not self.torch:
+            return X[index]
+        import torch
+
+        return X[torch.as_tensor(index, device=self.device)]
 
     def mean(self, a):
         if self.torch:
@@ -449,8 +482,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         n_samples, _ = X.shape
         weights = means = covariances = prec_chol = None
         if weights_init is None or means_init is None or precisions_init is None:
-            resp, chosen = self._initial_resp(X, place, random_state)
-            nk, means, covariances = self._estimate_parameters(X, place, resp, log=False)
+            *stats, chosen = self._initial_statistics(X, place, random_state)
+            nk, means, covariances = self._parameters_from_statistics(X, place, *stats)
             if self.covariance_type == "tied" and chosen is not None and len(chosen) < n_samples:
                 covariances += self._unassigned_second_moment(X, place, chosen) / nk.sum()
             weights = nk / n_samples
@@ -465,35 +498,53 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             covariances = _covariances_from_precisions_cholesky(prec_chol, self.covariance_type)
         return weights, means, covariances, prec_chol
 
-    def _initial_resp(self, X, place, random_state):
-        """((n_samples, n_components) initial responsibilities in X's dtype and placement,
-        the indices of the points holding them for the one-point-per-component inits)."""
+    def _initial_statistics(self, X, place, random_state):
+        """(N_k, sums, scatter) of scikit-learn's initial responsibilities, float64 on the
+        host, and the indices of the points holding them for the one-point-per-component
+        inits (else None). Random numbers are drawn exactly as scikit-learn draws them.
+
+        The (n_samples, n_components) responsibilities never exist at once (at N=20M, K=16
+        in float64 they took 2.6 GB): the one-point inits need only their K points, and the
+        others are formed a piece of rows at a time, each piece's statistics pooled exactly
+        (_pooled_statistics)."""
         n_samples, _ = X.shape
         K = self.n_components
         dtype = place.dtype
-        chosen = None  # the points that carry all the responsibility, one per component
+        if self.init_params in ("random_from_data", "k-means++"):
+            if self.init_params == "random_from_data":
+                chosen = random_state.choice(n_samples, size=K, replace=False)
+            else:  # scikit-learn's seeding on the host
+                from sklearn.cluster import kmeans_plusplus
+
+                _, chosen = kmeans_plusplus(place.host(X, dtype), K, random_state=random_state)
+            # every other point's responsibilities are 0: component k's statistics are point
+            # chosen[k]'s
+            rows = place.rows(X, chosen)
+            stats = ops.gmm_suff_stats(rows, place.put(np.eye(K)), self.covariance_type, check_finite=False)
+            return (*(place.host(s) for s in stats), chosen)
         if self.init_params == "kmeans":
             from ._kmeans import KMeans
 
             km = KMeans(n_clusters=K, n_init=1, random_state=random_state,
                         device="cuda" if place.torch and place.device.type == "cuda" else "cpu")
             labels = be.to_numpy(km.fit(X).labels_)
-            resp = np.zeros((n_samples, K), dtype=dtype)
-            resp[np.arange(n_samples), labels] = 1
-        elif self.init_params == "random":
-            resp = np.asarray(random_state.uniform(size=(n_samples, K)), dtype=dtype)
-            resp /= resp.sum(axis=1)[:, np.newaxis]
-        elif self.init_params == "random_from_data":
-            resp = np.zeros((n_samples, K), dtype=dtype)
-            chosen = random_state.choice(n_samples, size=K, replace=False)
-            resp[chosen, np.arange(K)] = 1
-        else:  # "k-means++": scikit-learn's seeding on the host, one point per component
-            from sklearn.cluster import kmeans_plusplus
 
-            resp = np.zeros((n_samples, K), dtype=dtype)
-            _, chosen = kmeans_plusplus(place.host(X, dtype), K, random_state=random_state)
-            resp[chosen, np.arange(K)] = 1
-        return place.put(resp), chosen
+            def piece(i0, i1):  # one-hot
+                resp = np.zeros((i1 - i0, K), dtype=dtype)
+                resp[np.arange(i1 - i0), labels[i0:i1]] = 1
+                return resp
+        else:  # "random": uniform rows, normalised (the same stream, drawn a piece at a time)
+            def piece(i0, i1):
+                resp = np.asarray(random_state.uniform(size=(i1 - i0, K)), dtype=dtype)
+                resp /= resp.sum(axis=1)[:, np.newaxis]
+                return resp
+        step = max(1, _PIECE_BYTES // (K * np.dtype(dtype).itemsize))
+        parts = []
+        for i0 in range(0, n_samples, step):
+            resp = place.put(piece(i0, min(n_samples, i0 + step)))
+            stats = ops.gmm_suff_stats(X[i0:i0 + step], resp, self.covariance_type, check_finite=False)
+            parts.append([place.host(s) for s in stats])
+        return (*(parts[0] if len(parts) == 1 else _pooled_statistics(parts, self.covariance_type)), None)
 
     @staticmethod
     def _unassigned_second_moment(X, place, chosen):
@@ -513,12 +564,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         # scatter = sum w (x - m)(x - m)^T with m = s / (n + d), d = 10 eps:
         #         = sum w x x^T - s s^T (n + 2 d) / (n + d)^2
         return place.host(scatter) + np.outer(s, s) * (n + 2 * _NK_EPS) / (n + _NK_EPS) ** 2
-
-    def _estimate_parameters(self, X, place, resp, *, log):
-        """scikit-learn's _estimate_gaussian_parameters through the M-step kernel:
-        (N_k + 10 eps, means, covariances), float64 on the host."""
-        stats = ops.gmm_suff_stats(X, resp, self.covariance_type, log=log, check_finite=False)
-        return self._parameters_from_statistics(X, place, *stats)
 
     def _parameters_from_statistics(self, X, place, nk, sums, scatter):
         """(N_k + 10 eps, means, covariances), float64 on the host, from the M-step statistics."""

@@ -46,7 +46,7 @@ from ._estimator import restores_state_on_error
 from ._kmeans import KMeans as _SingleKMeans
 from ._kmeans import _HostArrays, _moved_centers
 from ._mixture import GaussianMixture as _SingleGaussianMixture
-from ._mixture import _NK_EPS, _Place, _check_int, _check_real
+from ._mixture import _Place, _check_int, _check_real, _pooled_statistics
 
 __all__ = ["KMeans", "GaussianMixture"]
 
@@ -376,29 +376,11 @@ def _suff_stats_chunk(X, resp, covariance_type):
     return (0.0, *_float64(*ops.gmm_suff_stats(X, resp, covariance_type, check_finite=False)))
 
 
-def _moved_scatter(nk, sums, scatter, to_means, covariance_type):
-    """sum_n r_nk (x_n - m_k)(x_n - m_k)^T about to_means m, from the scatter about the kernel's
-    means mu = sums / (nk + d), d = 10 eps, in the covariance type's shape."""
-    own_means = sums / (nk + _NK_EPS)[:, None]
-    delta = own_means - to_means
-    # sum_n r (x - mu) = sums - nk mu = d mu, so the scatter about m is
-    # scatter + nk delta delta^T + d (mu delta^T + delta mu^T), delta = mu - m (exact, for any nk)
-    if covariance_type in ("full", "tied"):
-        cross = _NK_EPS * own_means[:, :, None] * delta[:, None, :]
-        shift = nk[:, None, None] * delta[:, :, None] * delta[:, None, :] + cross + cross.transpose(0, 2, 1)
-        return scatter + (shift if covariance_type == "full" else shift.sum(axis=0))
-    shift = nk[:, None] * delta * delta + 2 * _NK_EPS * own_means * delta
-    return scatter + (shift if covariance_type == "diag" else shift.sum(axis=1))
-
-
 def _pool_moments(parts, covariance_type):
     """The statistics of a union of chunks: log-likelihoods, N_k and sums add; each scatter
     moves to the pooled means sums / (N_k + d) (Chan et al.'s parallel variance), so the
     result is centred as the kernel's own scatter over all of those points."""
-    loglik, nk, sums = (sum(values) for values in list(zip(*parts))[:3])
-    pooled_means = sums / (nk + _NK_EPS)[:, None]
-    scatter = sum(_moved_scatter(n, s, S, pooled_means, covariance_type) for _, n, s, S in parts)
-    return loglik, nk, sums, scatter
+    return (sum(part[0] for part in parts), *_pooled_statistics([part[1:] for part in parts], covariance_type))
 
 
 def _one_hot(labels, n_components, dtype):
@@ -458,17 +440,15 @@ class GaussianMixture(_SingleGaussianMixture):
             raise ValueError("X contains NaN or infinity")
         return X, _Place(X)
 
-    def _initial_resp(self, X, place, random_state):
-        """(one-hot responsibilities of genfast.dask.KMeans' labels, a lazy dask array; None)."""
+    def _initial_statistics(self, X, place, random_state):
+        """(N_k, sums, scatter) of the one-hot responsibilities of genfast.dask.KMeans' labels,
+        pooled over the chunks; None: no one-point init."""
         labels = KMeans(n_clusters=self.n_components, random_state=random_state).fit(X).labels_
         resp = labels.map_blocks(_one_hot, self.n_components, X.dtype, new_axis=1,
                                  chunks=(labels.chunks[0], (self.n_components,)), dtype=X.dtype)
-        return resp, None
-
-    def _estimate_parameters(self, X, place, resp, *, log):
         _, *stats = _map_reduce(_suff_stats_chunk, partial(_pool_moments, covariance_type=self.covariance_type),
                                 [_blocks(X), _blocks(resp)], self.covariance_type)
-        return self._parameters_from_statistics(X, place, *stats)
+        return (*stats, None)
 
     def _em_step(self, X, place, params):
         weights, means, _, prec_chol = params
