@@ -19,11 +19,13 @@ Contracts for valid but extreme values (decided per op):
   (inf where the sum overflowed), 0 for an empty cluster. sample_weight must be finite,
   non-negative and sum (per problem) to a finite value in X's dtype, else ValueError.
 - gmm_*: log_prob / log_resp are the reference rounded to the dtype; where the reference log
-  density is below -max(dtype)/2 (its squared Mahalanobis distance overflows the dtype),
-  -inf is accepted. Statistics (nk, sums, scatter) are the float64 reference rounded;
-  gmm_em_step sums each tile about the given means in X's dtype before moving the statistics
-  to the new means, so its sums and scatter are accurate relative to sum_n r |x - m_k| and
-  sum_n r |x - m_k|^2 (the given means m_k), not to the centred values alone.
+  density (of x, or of x and component k for log_resp[n, k]) is below -max(dtype)/2 (its
+  squared Mahalanobis distance overflows the dtype), -inf is accepted. Statistics (nk, sums,
+  scatter) are the float64 reference rounded; gmm_em_step sums each tile about shifts in X's
+  dtype before moving the statistics to the new means (the given means, then the new means
+  again where they lie far from them, at most 4 passes), so its sums and scatter are
+  accurate relative to sum_n r |x - m_k| and sum_n r |x - m_k|^2 (m_k the given means) at
+  worst, not to the centred values alone.
 - elbo / log_importance_weights / logmeanexp: the float64 reference rounded to the dtype
   (+-inf where it overflows). The per-element terms are formed in the input's dtype: where the
   Gaussian's squared residual (x - mean)^2 (or its scaled form) is beyond the dtype's range,
@@ -369,8 +371,11 @@ def assert_log_densities(log_prob, log_resp, ref_prob, ref_resp, scale, dtype):
         if log_resp is not None:
             dead = ~(ref_prob > -np.inf)[:, None]  # every component has probability 0: -inf
             ref_resp = np.where(dead, -np.inf, ref_resp)
+            # log_resp = log joint - log p(x): -inf accepted where either is below -big (the
+            # component's own Mahalanobis term may overflow where the difference does not)
+            ref_joint = ref_resp + ref_prob[:, None]
             assert_close(log_resp, ref_resp, dtype=dtype, what="log_resp", scale=scale[:, None],
-                         neg_inf_ok=(ref_resp < -big) | (ref_prob < -big)[:, None])
+                         neg_inf_ok=(ref_resp < -big) | (ref_joint < -big) | (ref_prob < -big)[:, None])
 
 
 @given(kind=kinds, cov=st.sampled_from(COV_TYPES * 4 + ("bogus",)), N=sizes(0, 30), K=sizes(0, 5),
@@ -396,11 +401,17 @@ def test_gmm_log_resp(kind, cov, N, K, D, return_log_resp, data):
     assert_log_densities(log_prob, log_resp, ref_prob, ref_resp, scale, dtype)
 
 
-def stats_tolerances(xv, resp, rel_err):
-    """Absolute error bounds of (nk, sums, full scatter) when each r_nk may be off by
-    rel_err[n] r_nk: sum_n r |e|, sum_n r |e| |x|, sum_n r |e| (|x| + |mu|)^2 (mu the means)."""
+def stats_tolerances(xv, resp, log_err, log_resp=None):
+    """Absolute error bounds of (nk, sums, full scatter) when each r_nk may be off by a factor
+    e^(+-log_err[n]), so by e = min(1, r_nk e^log_err) - r_nk (r is in [0, 1] whatever its log
+    terms' error; with log_resp, a responsibility that underflowed to 0 in the reference counts
+    as e^log_resp): sum_n |e|, sum_n |e| |x|, sum_n |e| (|x| + |mu|)^2 (mu the means)."""
     with np.errstate(over="ignore", invalid="ignore"):
-        re = resp * rel_err[:, None]
+        if log_resp is None:
+            re = np.where(resp == 0, 0.0, np.minimum(1.0, resp * np.expm1(log_err)[:, None]))  # 0, never 0 inf
+        else:  # NaN log_resp: r = 0 as in resp; -inf + inf (an infinite log term in the row): anything
+            bound = np.nan_to_num(np.where(np.isnan(log_resp), -np.inf, log_resp) + log_err[:, None], nan=0.0)
+            re = np.maximum(np.exp(np.minimum(0.0, bound)) - resp, 0.0)
         nk = resp.sum(0)
         mu = (resp.T @ xv) / (nk + 10 * np.finfo(np.float64).eps)[:, None]
         dev = np.abs(xv)[:, None, :] + np.abs(mu)[None, :, :]  # (N, K, D)
@@ -425,14 +436,15 @@ def reduce_full(full, cov):
             "spherical": np.trace(full, axis1=1, axis2=2)}[cov]
 
 
-def assert_stats(stats, xv, resp, cov, dtype, rel_err, shifts=None):
+def assert_stats(stats, xv, resp, cov, dtype, log_err, shifts=None, log_resp=None):
     """(nk, sums, scatter) against reference.gmm_suff_stats of resp, with responsibilities
-    known to rel_err[n] relative (0 when given exactly). shifts (K, D): the points the op
+    known to a factor e^(+-log_err[n]) (0 when given exactly; log_resp: their logs, when the
+    op forms them itself). shifts (K, D): the points the op
     summed about (em_step: the given means), whose size adds to the sums' and scatter's."""
     nk, sums, scatter = (pc.to_np64(s) for s in stats)
     with np.errstate(over="ignore", invalid="ignore"):
         ref = reference.gmm_suff_stats(xv, resp, cov)
-        nk_tol, sums_tol, full_tol = stats_tolerances(xv, resp, rel_err)
+        nk_tol, sums_tol, full_tol = stats_tolerances(xv, resp, log_err, log_resp)
         scat_scale = scatter_scale(xv, resp, cov)
         sums_scale = resp.T @ np.abs(xv)
         if shifts is not None:  # sum_n r |x - m_k| and sum_n r |x - m_k|^2 per component
@@ -440,10 +452,21 @@ def assert_stats(stats, xv, resp, cov, dtype, rel_err, shifts=None):
             sums_scale = sums_scale + np.einsum("nk,nkd->kd", resp, dev)
             full = np.einsum("nk,nki,nkj->kij", resp, dev, dev)
             scat_scale = scat_scale + reduce_full(full, cov)
+        # The reference's own rounding: its means sums / (N_k + 10 eps) carry ~ (1 + log2 N) eps
+        # of the weighted mean of |x| (e), which moves sum_n r (x - mu)(x - mu)^T by up to
+        # sum_n r (|x - mu| e^T + e |x - mu|^T) + N_k e e^T (all of it when every point sits on
+        # its mean, and the scatter is only the 10 eps guard's dust, ~1e-30).
+        nk_ref = resp.sum(0) + 10 * np.finfo(np.float64).eps
+        e = 4 * (1 + np.log2(len(xv) + 1)) * np.finfo(np.float64).eps * (resp.T @ np.abs(xv)) / nk_ref[:, None]
+        spread = np.einsum("nk,nkd->kd", resp, np.abs(xv[:, None, :] - (resp.T @ xv / nk_ref[:, None])[None]))
+        ref_rounding = (spread[:, :, None] * e[:, None, :] + e[:, :, None] * spread[:, None, :]
+                        + nk_ref[:, None, None] * e[:, :, None] * e[:, None, :])
     rt = pc.RTOL[dtype]
-    assert_close(nk, ref[0], dtype=dtype, what="nk", atol=nk_tol)
-    assert_close(sums, ref[1], dtype=dtype, what="sums", scale=sums_scale, atol=sums_tol)
-    assert_close(scatter, ref[2], dtype=dtype, what="scatter", scale=scat_scale, atol=reduce_full(full_tol, cov),
+    # (the tolerated part counts in the scale too: a sum that may hold it is rounded at its size)
+    assert_close(nk, ref[0], dtype=dtype, what="nk", scale=nk_tol, atol=nk_tol)
+    assert_close(sums, ref[1], dtype=dtype, what="sums", scale=sums_scale + sums_tol, atol=sums_tol)
+    scatter_tol = reduce_full(full_tol + ref_rounding, cov)
+    assert_close(scatter, ref[2], dtype=dtype, what="scatter", scale=scat_scale + scatter_tol, atol=scatter_tol,
                  rtol=rt)
 
 
@@ -483,8 +506,8 @@ def test_gmm_suff_stats(kind, cov, N, K, D, log, data):
     for s, name, shape in zip(res, ("nk", "sums", "scatter"), ((K,), (K, D), precision_shape(cov, K, D))):
         check_output(s, kind=kind, dtype=dtype, shape=shape, what=name)
     r = np.exp(rv) if log else rv
-    rel_err = np.full(N, 4 * pc.EPS[dtype]) * (1 + (np.abs(np.where(np.isfinite(rv), rv, 0)).max(1) if log else 0))
-    assert_stats(res, xv, r, cov, dtype, rel_err)
+    log_err = np.full(N, 4 * pc.EPS[dtype]) * (1 + (np.abs(np.where(np.isfinite(rv), rv, 0)).max(1) if log else 0))
+    assert_stats(res, xv, r, cov, dtype, log_err)
 
 
 @given(kind=kinds, cov=st.sampled_from(COV_TYPES), N=sizes(0, 30), K=sizes(0, 5), D=sizes(0, 6),
@@ -511,18 +534,23 @@ def test_gmm_em_step(kind, cov, N, K, D, data):
         return  # the dtype's -inf there (documented): responsibilities of such rows are not compared
     with np.errstate(invalid="ignore"):
         resp = np.where(np.isnan(ref_resp), 0.0, np.exp(ref_resp))
-    # the E-step's responsibilities carry the log terms' rounding: relative error ~ eps * scale
-    rel_err = np.minimum(1.0, 8 * pc.EPS[dtype] * (scale + 1))
+    # the E-step's responsibilities carry the log terms' rounding, ~ eps * scale in the log
+    # (float32 Mahalanobis terms of 5e8 cannot tell components apart by less than about 30, nor
+    # can a float32 point at 1e14 tell means 1 apart)
+    log_err = 8 * pc.EPS[dtype] * (scale + 1)
     # summed about the given means in X's dtype, then moved to the new ones (see the docstring)
-    assert_stats(res[1:], xv, resp, cov, dtype, rel_err, shifts=mv)
+    assert_stats(res[1:], xv, resp, cov, dtype, log_err, shifts=mv, log_resp=ref_resp)
 
 
 # ============================================================================ ELBO
 def rec_scale(x, out, logvar, likelihood):
-    """Per sample, the magnitudes of the reconstruction terms summed (for their rounding)."""
+    """Per sample, the magnitudes of the reconstruction terms summed (for their rounding).
+    Bernoulli: the kernel's x l - log(1 + e^l) and the reference's x log p + (1 - x) log(1 - p),
+    whose two terms cancel for x outside [0, 1] (an integer x cast from inf is 2^30 - 1)."""
     with np.errstate(over="ignore", invalid="ignore"):
         if likelihood == "bernoulli":
-            return (np.abs(x * out) + np.logaddexp(0.0, out) + np.abs(out)).sum(1)
+            reference_terms = np.abs(x) * np.logaddexp(0.0, -out) + np.abs(1.0 - x) * np.logaddexp(0.0, out)
+            return (np.abs(x * out) + np.logaddexp(0.0, out) + np.abs(out) + reference_terms).sum(1)
         return 0.5 * (np.log(2 * np.pi) + np.abs(logvar) + (np.abs(x) + np.abs(out)) ** 2 * np.exp(-logvar)).sum(1)
 
 
