@@ -20,7 +20,9 @@ never hides or inflates another's peak:
 
 Cases: kmeans_fit (KMeans(n_clusters=16, n_init=1, max_iter=5, k-means++).fit(X)),
 gmm_score_samples and gmm_predict (GaussianMixture(16, 'full') fit on 100,000 rows, then on
-all of X). Linux only (reads /proc/self/status).
+all of X), gmm_fit (GaussianMixture(16, 'full', init_params='random', max_iter=2).fit(X): its
+initial responsibilities, a full (N, 16) matrix until this case was added, and two EM steps).
+Linux only (reads /proc/self/status).
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ from pathlib import Path
 from genfast.bench import _harness as H
 
 NAME = "memory"
-CASES = ["kmeans_fit", "gmm_score_samples", "gmm_predict"]
+CASES = ["kmeans_fit", "gmm_score_samples", "gmm_predict", "gmm_fit"]
 #: The issue's budget: extra peak RSS at most this fraction of the input's bytes.
 BUDGET_FRACTION = 0.25
 N_CLUSTERS = 16
 KMEANS_MAX_ITER = 5
+GMM_FIT_MAX_ITER = 2
 GMM_FIT_ROWS = 100_000
 
 
@@ -52,6 +55,17 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def _quietly(fit, X):
+    """fit(X) without its ConvergenceWarning (max_iter is small on purpose)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return fit(X)
+
+
 def _make_case(case: str, X):
     """The call to measure on X (anything it needs that is not part of it, such as the
     mixture's fit on a sample, happens here, before the baseline)."""
@@ -60,6 +74,10 @@ def _make_case(case: str, X):
     if case == "kmeans_fit":
         est = genfast.KMeans(n_clusters=N_CLUSTERS, n_init=1, max_iter=KMEANS_MAX_ITER, random_state=0)
         return lambda: est.fit(X)
+    if case == "gmm_fit":
+        est = genfast.GaussianMixture(N_CLUSTERS, covariance_type="full", init_params="random",
+                                      max_iter=GMM_FIT_MAX_ITER, tol=0.0, random_state=0)
+        return lambda: _quietly(est.fit, X)
     gm = genfast.GaussianMixture(N_CLUSTERS, covariance_type="full", max_iter=20, random_state=0)
     gm.fit(X[:GMM_FIT_ROWS])
     if case == "gmm_score_samples":
@@ -135,6 +153,8 @@ def main(argv=None) -> int:
                                             "init='k-means++', random_state=0).fit(X)",
         "gmm": f"GaussianMixture({N_CLUSTERS}, covariance_type='full', max_iter=20, random_state=0) fit on "
                f"X[:{GMM_FIT_ROWS}], then score_samples(X) / predict(X)",
+        "gmm_fit": f"GaussianMixture({N_CLUSTERS}, covariance_type='full', init_params='random', "
+                   f"max_iter={GMM_FIT_MAX_ITER}, tol=0, random_state=0).fit(X)",
         "budget_fraction": BUDGET_FRACTION,
         "method": "fresh process per case; a warm-up call on a tiny input first; extra = VmHWM after the "
                   "call - VmRSS before it, with VmHWM reset by /proc/self/clear_refs just before the call",

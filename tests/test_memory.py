@@ -1,4 +1,5 @@
-"""Bounded memory (issue 7): KMeans.fit, GaussianMixture.score_samples and predict need at most
+"""Bounded memory (issue 7): KMeans.fit, GaussianMixture.score_samples, predict and fit (random
+init, whose (N, K) initial responsibilities are now formed a piece at a time) need at most
 25% of the input in extra resident memory, plus a fixed allowance (N=4,000,000 x 16
 float32 here); and the piecewise fit
 that makes it so gives the same results as one pass over all the rows.
@@ -48,14 +49,14 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reas
 
 
 @needs_proc
-@pytest.mark.parametrize("case", ["kmeans_fit", "gmm_score_samples", "gmm_predict"])
+@pytest.mark.parametrize("case", ["kmeans_fit", "gmm_score_samples", "gmm_predict", "gmm_fit"])
 def test_fixed_costs_fit_the_allowance(case):
     r = _bench().measure(case, ONE_PIECE_ROWS)
     assert r["extra_peak_bytes"] <= ALLOWANCE_BYTES, r
 
 
 @needs_proc
-@pytest.mark.parametrize("case", ["kmeans_fit", "gmm_score_samples", "gmm_predict"])
+@pytest.mark.parametrize("case", ["kmeans_fit", "gmm_score_samples", "gmm_predict", "gmm_fit"])
 def test_extra_peak_memory_within_a_quarter_of_the_input(case):
     bench = _bench()
     r = bench.measure(case, 4_000_000)

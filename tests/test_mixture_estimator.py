@@ -151,7 +151,7 @@ def test_initial_responsibilities_in_pieces_match_sklearn(init_params, covarianc
     the last short) the initial model, and so the run, is still scikit-learn's."""
     from genfast import _mixture
 
-    monkeypatch.setattr(_mixture, "_PIECE_BYTES", 37 * 4 * 8)  # 37 rows of K=4 float64
+    monkeypatch.setattr(_mixture, "_PIECE_BYTES", 37 * 4 * 8)  # 37 rows of K=4 (float64 draws)
     X = make_data(rng, n=240)
     state = int(rng.integers(2**31))
     ours, theirs = fit_both(X, 4, covariance_type, init_params=init_params, random_state=state, max_iter=6, tol=0.0)

@@ -538,7 +538,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 resp = np.asarray(random_state.uniform(size=(i1 - i0, K)), dtype=dtype)
                 resp /= resp.sum(axis=1)[:, np.newaxis]
                 return resp
-        step = max(1, _PIECE_BYTES // (K * np.dtype(dtype).itemsize))
+        step = max(1, _PIECE_BYTES // (K * 8))  # rows of a piece of float64 draws
         parts = []
         for i0 in range(0, n_samples, step):
             resp = place.put(piece(i0, min(n_samples, i0 + step)))
