@@ -115,6 +115,35 @@ def test_tied_em_step_with_many_components(rng, seed, K, dtype, far):
         assert rel_err(got, ref) < RTOL[dtype], f"{name} seed={seed}"
 
 
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_em_step_in_pieces_matches_the_fused_step(rng, seed, covariance_type, dtype, kind):
+    # CUDA has no fused EM kernel: gmm_em_step runs gmm_log_resp + gmm_suff_stats a piece of
+    # rows at a time and pools the pieces' statistics exactly (Chan et al.), so the (N, K)
+    # log-responsibilities never exist at once. The same path on CPU inputs, in pieces of 37
+    # rows (the last short), must give the fused kernel's results; every output is written.
+    if kind == "torch":
+        torch = pytest.importorskip("torch")
+    N, K, D = 300, 5, 3
+    weights, means, prec = (a.astype(dtype) for a in random_mixture(rng, K, D, covariance_type))
+    X = (rng.normal(scale=1.5, size=(N, D)) + 20.0).astype(dtype)  # off the origin: the pooling moves
+    means = means + np.asarray(20.0, dtype)
+    args = (X, weights, means, prec)
+    if kind == "torch":
+        args = tuple(torch.from_numpy(a) for a in args)
+    checked = ops._mixture(*args, covariance_type, True)
+    K_bytes = K * np.dtype(dtype).itemsize
+    got = ops._em_step_in_pieces(*checked, piece_bytes=37 * K_bytes)
+    whole = ops._em_step_in_pieces(*checked, piece_bytes=N * K_bytes)
+    fused = ops.gmm_em_step(X, weights, means, prec, covariance_type)
+    for name, a, b, c in zip(("log_prob", "nk", "sums", "scatter"), got, whole, fused):
+        assert type(a) is type(args[0]) and str(a.dtype).endswith(dtype), name
+        a, b = (np.asarray(v) for v in (a, b))
+        assert np.isfinite(a).all() and a.shape == c.shape, f"{name} seed={seed}"
+        assert rel_err(a, c) < RTOL[dtype] and rel_err(a, b) < RTOL[dtype], f"{name} seed={seed}"
+
+
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_em_step_scatter_is_moved_exactly_from_far_means(rng, seed, covariance_type):
     # The scatter is summed about the given means and moved to the new ones: the move must be

@@ -125,6 +125,13 @@ def empty(place: Placement, shape, dtype: str):
     return np.empty(shape, dtype=dtype)
 
 
+def from_numpy(a, place: Placement):
+    """A numpy array on the inputs' backend and device (torch: a tensor holding a copy)."""
+    if place.kind == "torch":
+        return _torch().as_tensor(a, device=place.device)
+    return a
+
+
 def to_numpy(x):
     """A numpy array of x's values (copied to the host for CUDA tensors)."""
     return x.detach().cpu().numpy() if is_torch(x) else np.asarray(x)

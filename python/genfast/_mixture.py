@@ -35,15 +35,14 @@ from sklearn.utils.validation import _check_sample_weight, check_array, check_is
 from . import _backend as be
 from ._estimator import resolve_device, restores_state_on_error, same_kind, validate_X
 from . import ops
+from ._pooling import NK_EPS, pooled_statistics
 
 __all__ = ["GaussianMixture", "Gaussian"]
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
-# scikit-learn's guard against empty components: N_k + 10 eps. The kernels centre the scatter
-# on sums / (N_k + 10 eps(float64)), so the same (float64) eps is used for every input dtype.
-_NK_EPS = 10 * np.finfo(np.float64).eps
-#: Bytes of (rows, K) log-responsibilities formed at a time by predict and fit_predict.
+#: Bytes of (rows, K) responsibilities formed at a time: predict and fit_predict's
+#: log-responsibilities (in X's dtype), the initial ones' float64 draws.
 _PIECE_BYTES = 16 << 20
 
 
@@ -218,31 +217,6 @@ def _covariances_from_scatter(nk, scatter, covariance_type, reg_covar, n_feature
     else:
         cov = scatter / (nk * n_features) + reg_covar
     return cov
-
-
-def _moved_scatter(nk, sums, scatter, to_means, covariance_type):
-    """sum_n r_nk (x_n - m_k)(x_n - m_k)^T about to_means m, from the scatter about the kernel's
-    means mu = sums / (nk + d), d = 10 eps, in the covariance type's shape."""
-    own_means = sums / (nk + _NK_EPS)[:, None]
-    delta = own_means - to_means
-    # sum_n r (x - mu) = sums - nk mu = d mu, so the scatter about m is
-    # scatter + nk delta delta^T + d (mu delta^T + delta mu^T), delta = mu - m (exact, for any nk)
-    if covariance_type in ("full", "tied"):
-        cross = _NK_EPS * own_means[:, :, None] * delta[:, None, :]
-        shift = nk[:, None, None] * delta[:, :, None] * delta[:, None, :] + cross + cross.transpose(0, 2, 1)
-        return scatter + (shift if covariance_type == "full" else shift.sum(axis=0))
-    shift = nk[:, None] * delta * delta + 2 * _NK_EPS * own_means * delta
-    return scatter + (shift if covariance_type == "diag" else shift.sum(axis=1))
-
-
-def _pooled_statistics(parts, covariance_type):
-    """The M-step statistics (N_k, sums, scatter) of a union of pieces of rows, from each
-    piece's (float64): N_k and sums add; each scatter moves to the pooled means
-    sums / (N_k + d) (Chan et al.'s parallel variance), so the result is centred as the
-    kernel's own scatter over all of those points."""
-    nk, sums = (sum(values) for values in list(zip(*parts))[:2])
-    pooled_means = sums / (nk + _NK_EPS)[:, None]
-    return nk, sums, sum(_moved_scatter(n, s, S, pooled_means, covariance_type) for n, s, S in parts)
 
 
 # ============================================================================ where the data lives
@@ -506,7 +480,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         The (n_samples, n_components) responsibilities never exist at once (at N=20M, K=16
         in float64 they took 2.6 GB): the one-point inits need only their K points, and the
         others are formed a piece of rows at a time, each piece's statistics pooled exactly
-        (_pooled_statistics)."""
+        (genfast._pooling)."""
         n_samples, _ = X.shape
         K = self.n_components
         dtype = place.dtype
@@ -544,7 +518,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             resp = place.put(piece(i0, min(n_samples, i0 + step)))
             stats = ops.gmm_suff_stats(X[i0:i0 + step], resp, self.covariance_type, check_finite=False)
             parts.append([place.host(s) for s in stats])
-        return (*(parts[0] if len(parts) == 1 else _pooled_statistics(parts, self.covariance_type)), None)
+        return (*(parts[0] if len(parts) == 1 else pooled_statistics(parts, self.covariance_type)), None)
 
     @staticmethod
     def _unassigned_second_moment(X, place, chosen):
@@ -563,11 +537,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         n, s = place.host(n)[0], place.host(s)[0]
         # scatter = sum w (x - m)(x - m)^T with m = s / (n + d), d = 10 eps:
         #         = sum w x x^T - s s^T (n + 2 d) / (n + d)^2
-        return place.host(scatter) + np.outer(s, s) * (n + 2 * _NK_EPS) / (n + _NK_EPS) ** 2
+        return place.host(scatter) + np.outer(s, s) * (n + 2 * NK_EPS) / (n + NK_EPS) ** 2
 
     def _parameters_from_statistics(self, X, place, nk, sums, scatter):
         """(N_k + 10 eps, means, covariances), float64 on the host, from the M-step statistics."""
-        nk = place.host(nk) + _NK_EPS
+        nk = place.host(nk) + NK_EPS
         means = place.host(sums) / nk[:, None]
         covariances = _covariances_from_scatter(nk, place.host(scatter), self.covariance_type,
                                                 float(self.reg_covar), X.shape[1])

@@ -365,10 +365,8 @@ def gmm_em_step(X, weights, means, precisions_cholesky, covariance_type, *, chec
     """
     place, X2, weights, means, prec, cov = _mixture(X, weights, means, precisions_cholesky,
                                                     covariance_type, check_finite)
-    if place.cuda:  # no fused CUDA kernel: the two ops, with the (N, K) matrix on the device
-        log_prob, log_resp = gmm_log_resp(X2, weights, means, prec, cov, return_log_resp=True,
-                                          check_finite=False)
-        return (log_prob, *gmm_suff_stats(X2, log_resp, cov, log=True, check_finite=False))
+    if place.cuda:  # no fused CUDA kernel
+        return _em_step_in_pieces(place, X2, weights, means, prec, cov)
     (N, D), K, dtype = X2.shape, means.shape[0], be.dtype_name(X2)
     log_prob = be.empty(place, (N,), dtype)
     nk = be.empty(place, (K,), dtype)
@@ -378,6 +376,31 @@ def gmm_em_step(X, weights, means, precisions_cholesky, covariance_type, *, chec
                          be.host_view(prec), cov, be.host_view(log_prob), be.host_view(nk),
                          be.host_view(sums), be.host_view(scatter))
     return log_prob, nk, sums, scatter
+
+
+#: Bytes of (rows, K) log-responsibilities per piece in _em_step_in_pieces.
+_EM_PIECE_BYTES = 256 << 20
+
+
+def _em_step_in_pieces(place, X2, weights, means, prec, cov, piece_bytes=_EM_PIECE_BYTES):
+    """gmm_em_step as gmm_log_resp then gmm_suff_stats (for a backend without the fused
+    kernel), a piece of rows at a time so that the (N, K) log-responsibilities never exist at
+    once; the pieces' statistics are pooled exactly in float64 on the host (genfast._pooling)
+    and returned in X's dtype and placement."""
+    from ._pooling import pooled_statistics
+
+    (N, _), K, dtype = X2.shape, means.shape[0], be.dtype_name(X2)
+    rows = max(1, piece_bytes // (K * np.dtype(dtype).itemsize))
+    log_prob = be.empty(place, (N,), dtype)
+    parts = []
+    for i0 in range(0, N, rows):
+        piece = X2[i0:i0 + rows]
+        log_prob[i0:i0 + rows], log_resp = gmm_log_resp(piece, weights, means, prec, cov, return_log_resp=True,
+                                                        check_finite=False)
+        stats = gmm_suff_stats(piece, log_resp, cov, log=True, check_finite=False)
+        parts.append([be.to_numpy(s).astype(np.float64) for s in stats])
+    stats = parts[0] if len(parts) == 1 else pooled_statistics(parts, cov)
+    return (log_prob, *(be.from_numpy(np.asarray(s).astype(dtype), place) for s in stats))
 
 
 def gmm_suff_stats(X, resp, covariance_type, *, log: bool = False, check_finite: bool = True):
