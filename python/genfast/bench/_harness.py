@@ -627,3 +627,69 @@ def limit_threads(threads: int):
     except ImportError:
         return None
     return threadpool_limits(limits=threads)
+
+
+class PeerRun:
+    """The set-up that the k-means and GMM benchmarks' main() share, entered with `with`:
+    the peers' modules, the thread count (--threads, else every usable CPU) applied to every
+    peer and BLAS/OpenMP pool (restored on exit), and the record with the machine, thread
+    pools, CUDA settings and the fairness entries every peer run has.
+
+    start() returns None when the run can go on, else main()'s exit status: 2 when no peer
+    was chosen, 0 (a skip) for --device cuda without a usable GPU."""
+
+    def __init__(self, name: str, title: str, args, import_peers, set_threads):
+        self.name, self.title, self.args = name, title, args
+        self._import_peers, self._set_threads = import_peers, set_threads
+        self.mods = self.record = self.threads = self.warning = self._limiter = None
+
+    def start(self) -> int | None:
+        args = self.args
+        if not args.peers:
+            print("no peers selected", file=sys.stderr)
+            return 2
+        self.mods = self._import_peers(args.peers, args.device)
+        if args.device == "cuda":
+            why = cuda_skip_reason(self.mods.get("torch"))
+            if why:
+                torch_why = self.mods["_why"].get("torch")
+                return skip(self.name, why + (f" ({torch_why})" if torch_why else ""))
+        self.threads = args.threads = args.threads or _cpu_info()["usable_cpus"] or 1
+        self.warning = busy_warning(self.threads)
+        return None
+
+    def __enter__(self):
+        self._limiter = limit_threads(self.threads)
+        try:
+            how = self._set_threads(self.mods, self.threads)
+        except BaseException:
+            self.__exit__(True)
+            raise
+        self.record = base_record(self.name, self.args.device)
+        print(f"{self.title} ({self.args.device}); " + describe_machine(self.record))
+        if self.warning:
+            print(self.warning)
+        self.record["fairness"] = {
+            "threads_per_peer": self.threads,
+            "all_peers_use_all_cores": self.threads == (_cpu_info()["usable_cpus"] or self.threads),
+            "thread_controls": how,
+            "same_data_for_every_peer": True,
+        }
+        self.record["threadpools"] = threadpool_info()
+        if self.args.device == "cuda":
+            torch = self.mods["torch"]
+            self.record["cuda"] = {"allow_tf32": False, "torch_cuda": torch.version.cuda,
+                                   "device_name": torch.cuda.get_device_name()}
+        return self
+
+    def timer(self) -> str:
+        """The settings' "timer" entry."""
+        return "time.perf_counter" + (", torch.cuda.synchronize() before reading it"
+                                      if self.args.device == "cuda" else "")
+
+    def __exit__(self, *exc):
+        if not any(exc):
+            close_record(self.record, self.threads, self.warning)
+        if self._limiter is not None:
+            self._limiter.restore_original_limits()
+        return False

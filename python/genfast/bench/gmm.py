@@ -880,27 +880,11 @@ def main(argv=None) -> int:
         return 2
     sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
     peers = args.peers
-    if not peers:
-        print("no peers selected", file=sys.stderr)
-        return 2
-
-    mods = import_peers(peers, args.device)
-    if args.device == "cuda":
-        why = H.cuda_skip_reason(mods.get("torch"))
-        if why:
-            return H.skip(NAME, why + (f" ({mods['_why']['torch']})" if "torch" in mods["_why"] else ""))
-
-    threads = args.threads or H._cpu_info()["usable_cpus"] or 1
-    args.threads = threads
-    warn = H.busy_warning(threads)
-
-    limiter = H.limit_threads(threads)
-    try:
-        how = set_threads(mods, threads)
-        record = H.base_record(NAME, args.device)
-        print(f"genfast Gaussian-mixture benchmark ({args.device}); " + H.describe_machine(record))
-        if warn:
-            print(warn)
+    peer_run = H.PeerRun(NAME, "genfast Gaussian-mixture benchmark", args, import_peers, set_threads)
+    if (status := peer_run.start()) is not None:
+        return status
+    with peer_run:
+        record, mods = peer_run.record, peer_run.mods
         record["settings"] = {
             "quick": args.quick, "sizes": [list(s) for s in sizes], "peers": peers,
             "covariance_types": args.covariance_types, "dtypes": args.dtypes,
@@ -909,27 +893,18 @@ def main(argv=None) -> int:
             "iterations": args.iters, "reg_covar": REG_COVAR, "tol": 0.0, "seed": args.seed,
             "square_gemm": args.square,
             "statistic": "median over repeats of (fit seconds / n_iter); E/M: median over repeats",
-            "timer": "time.perf_counter" + (", torch.cuda.synchronize() before reading it" if args.device == "cuda" else ""),
+            "timer": peer_run.timer(),
             "flop_rules": FLOP_RULES,
             "target_speedup_vs_sklearn": TARGET_VS_SKLEARN,
         }
-        record["fairness"] = {
-            "threads_per_peer": threads,
-            "all_peers_use_all_cores": threads == (H._cpu_info()["usable_cpus"] or threads),
-            "thread_controls": how,
-            "same_data_for_every_peer": True,
+        record["fairness"].update({
             "same_initial_parameters_for_every_peer": "weights, means, precisions (estimators) / "
                 "their precision Cholesky factors (loops), cast to the run's dtype",
             "final_loglik": "every peer's final parameters scored the same way: float64 mean "
                             "log-likelihood of the float64 data (numpy, in the script)",
             "lower_bound": "each peer's own mean log-likelihood at its last E-step (before the last "
                            "M-step), as scikit-learn's lower_bound_",
-        }
-        record["threadpools"] = H.threadpool_info()
-        if args.device == "cuda":
-            torch = mods["torch"]
-            record["cuda"] = {"allow_tf32": False, "torch_cuda": torch.version.cuda,
-                              "device_name": torch.cuda.get_device_name()}
+        })
         rates = {}
         if args.square > 0:
             rates = matmul_rates(args.dtypes, args.square, max(2, args.repeats), args.device,
@@ -940,12 +915,8 @@ def main(argv=None) -> int:
         record["cases"] = []
         for N, D, K in sizes:
             case = Case(N, D, K, args)
-            record["cases"].append(run_case(case, peers, mods, args, rates))
+            record["cases"].append(run_case(case, args.peers, mods, args, rates))
             del case
-        H.close_record(record, threads, warn)
-    finally:
-        if limiter is not None:
-            limiter.restore_original_limits()
 
     n_err = sum(r["status"] == "error" for c in record["cases"] for run in c["runs"]
                 for r in run["results"])

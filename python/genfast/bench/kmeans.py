@@ -566,60 +566,30 @@ def main(argv=None) -> int:
         print("--repeats and --iters must be >= 1", file=sys.stderr)
         return 2
     sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
-    peers = args.peers
-    if not peers:
-        print("no peers selected", file=sys.stderr)
-        return 2
-
-    mods = import_peers(peers, args.device)
-    if args.device == "cuda":
-        why = H.cuda_skip_reason(mods.get("torch"))
-        if why:
-            return H.skip(NAME, why + (f" ({mods['_why']['torch']})" if "torch" in mods["_why"] else ""))
-
-    threads = args.threads or H._cpu_info()["usable_cpus"] or 1
-    args.threads = threads
-    warn = H.busy_warning(threads)
-
-    limiter = H.limit_threads(threads)
-    try:
-        how = set_threads(mods, threads)
-        record = H.base_record(NAME, args.device)
-        print(f"genfast k-means benchmark ({args.device}); " + H.describe_machine(record))
-        if warn:
-            print(warn)
+    peer_run = H.PeerRun(NAME, "genfast k-means benchmark", args, import_peers, set_threads)
+    if (status := peer_run.start()) is not None:
+        return status
+    with peer_run:
+        record, mods = peer_run.record, peer_run.mods
         record["settings"] = {
-            "quick": args.quick, "sizes": [list(s) for s in sizes], "peers": peers,
+            "quick": args.quick, "sizes": [list(s) for s in sizes], "peers": args.peers,
             "repeats": args.repeats, "warmup": "one untimed 1-iteration call per peer and size",
             "iterations": args.iters, "dtype": "float32", "seed": args.seed,
             "square_gemm": args.square, "statistic": "median over repeats of (fit seconds / n_iter)",
-            "timer": "time.perf_counter" + (", torch.cuda.synchronize() before reading it" if args.device == "cuda" else ""),
+            "timer": peer_run.timer(),
         }
-        record["fairness"] = {
-            "threads_per_peer": threads,
-            "all_peers_use_all_cores": threads == (H._cpu_info()["usable_cpus"] or threads),
-            "thread_controls": how,
-            "same_data_for_every_peer": True,
+        record["fairness"].update({
             "same_initial_centres_for_every_peer": True,
             "faiss_subsampling_disabled": "max_points_per_centroid=10**9",
             "inertia": "every peer's final centres scored the same way: float64 sum of squared "
                        "distances to the nearest final centre (genfast.ops.kmeans_assign on float64)",
-        }
-        record["threadpools"] = H.threadpool_info()
-        if args.device == "cuda":
-            torch = mods["torch"]
-            record["cuda"] = {"allow_tf32": False, "torch_cuda": torch.version.cuda,
-                              "device_name": torch.cuda.get_device_name()}
+        })
         record["cases"] = []
         for N, D, K in sizes:
             case = Case(N, D, K, args, torch=mods.get("torch"))
-            record["cases"].append(run_case(case, peers, mods, args))
+            record["cases"].append(run_case(case, args.peers, mods, args))
             case.release()
             del case
-        H.close_record(record, threads, warn)
-    finally:
-        if limiter is not None:
-            limiter.restore_original_limits()
 
     n_err = sum(r["status"] == "error" for c in record["cases"] for r in c["results"])
     return H.finish(NAME, args.device, record, n_err, out_dir=args.out, no_json=args.no_json)
