@@ -170,19 +170,22 @@ void kmeans_lloyd_step(const carray<T>& X, const carray<T>& C,
 }
 
 template <class T>
-void kmeans_lloyd_step_accumulate(const carray<T>& X, const carray<T>& C,
-                                  const std::optional<carray<T>>& weights, carray<int64_t>& labels,
-                                  carray<T>& sq_dist, carray<genfast::accumulate_t<T>>& totals) {
+void kmeans_lloyd_step_accumulate(const carray<T>& X, const std::optional<carray<T>>& shift,
+                                  const carray<T>& C, const std::optional<carray<T>>& weights,
+                                  carray<int64_t>& labels, carray<T>& sq_dist,
+                                  carray<genfast::accumulate_t<T>>& totals) {
   const auto s = assign_shape(X, C, labels, sq_dist);
+  if (shift) require_shape(*shift, "shift", {s.D});
   if (weights) require_shape(*weights, "sample_weight", {s.B, s.N});
   require_shape(totals, "totals", {s.B, s.K * s.D + s.K});
   const T* x = X.data();
+  const T* m = shift ? shift->data() : nullptr;
   const T* c = C.data();
   const T* w = weights ? weights->data() : nullptr;
   int64_t* l = labels.mutable_data();
   T* d = sq_dist.mutable_data();
   genfast::accumulate_t<T>* t = totals.mutable_data();
-  run_interruptible([&] { genfast::kmeans::lloyd_step_accumulate<T>(s, x, c, w, l, d, t); });
+  run_interruptible([&] { genfast::kmeans::lloyd_step_accumulate<T>(s, x, m, c, w, l, d, t); });
 }
 
 /// Shape of the precision Cholesky factors (scikit-learn's) for K components in D dims.
@@ -292,10 +295,13 @@ template <class T> void bind_kmeans(py::module_& m) {
         py::arg("sq_dist").noconvert(), py::arg("sums").noconvert(), py::arg("wsum").noconvert(),
         "kmeans_assign then kmeans_update of that assignment in one pass over X.");
   m.def("kmeans_lloyd_step_accumulate", &kmeans_lloyd_step_accumulate<T>, py::arg("X").noconvert(),
-        py::arg("C").noconvert(), py::arg("weights").noconvert(), py::arg("labels").noconvert(),
-        py::arg("sq_dist").noconvert(), py::arg("totals").noconvert(),
-        "kmeans_lloyd_step with the sums (then the weights) of each cluster added in float64 to "
-        "totals (B, K*D + K); rows from a multiple of 8192 on continue a split X bitwise.");
+        py::arg("shift").noconvert(), py::arg("C").noconvert(), py::arg("weights").noconvert(),
+        py::arg("labels").noconvert(), py::arg("sq_dist").noconvert(),
+        py::arg("totals").noconvert(),
+        "kmeans_lloyd_step on the points X - shift (shift (D,) or None; each difference rounded "
+        "to X's dtype, as numpy's), with the sums (then the weights) of each cluster added in "
+        "float64 to totals (B, K*D + K); rows from a multiple of 8192 on continue a split X "
+        "bitwise.");
 }
 
 // ---- VAE ELBO ----------------------------------------------------------------------------

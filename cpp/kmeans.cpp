@@ -28,6 +28,8 @@ template <class T> struct Tile {
 
 /// Points handled by one OpenMP task; their running best stays in L1.
 constexpr int64_t kChunkPoints = 256;
+/// Bytes of centred rows x - shift that lloyd_step_accumulate holds per chunk (L2-resident).
+constexpr int64_t kCentredChunkBytes = 256 * 1024;
 /// Bytes of packed centres scanned per pass over a chunk (kept resident in L2).
 constexpr int64_t kBlockBytes = 192 * 1024;
 
@@ -146,9 +148,9 @@ template <class T> class NearestCenters {
         1, kBlockBytes / std::max<int64_t>(1, s.D * Tile<T>::width * int64_t(sizeof(T))));
   }
 
-  /// Labels and squared distances of points [i0, i0 + n) of problem b, n <= kChunkPoints.
-  void assign_chunk(const T* X, int64_t b, int64_t i0, int64_t n, int64_t* labels,
-                    T* sq_dist) const {
+  /// Labels and squared distances of the n <= kChunkPoints points at Xc ([n, D]) of
+  /// problem b, written to labels[0, n) and sq_dist[0, n).
+  void assign_chunk(const T* Xc, int64_t b, int64_t n, int64_t* labels, T* sq_dist) const {
     using V = simd::vec_t<T>;
     using M = simd::mask_t<T>;
     using Lane = typename simd::vector<T>::int_lane;
@@ -156,7 +158,6 @@ template <class T> class NearestCenters {
     constexpr int L = Tile<T>::lanes;
     constexpr int W = Tile<T>::width;
     const T inf = std::numeric_limits<T>::infinity();
-    const T* Xc = X + (b * s_.N + i0) * s_.D;
     T best_score[kChunkPoints], runner_up_score[kChunkPoints];
     int64_t best_label[kChunkPoints];
     std::fill(best_score, best_score + n, inf);
@@ -209,8 +210,8 @@ template <class T> class NearestCenters {
       if (near_tie(best_score[i], runner_up_score[i],
                    rank_score_error<T>(dist, packed_.max_norm(b), s_.D)))
         label = nearest_exact(x, Cb, s_.K, s_.D, &dist);
-      labels[b * s_.N + i0 + i] = label;
-      sq_dist[b * s_.N + i0 + i] = dist;
+      labels[i] = label;
+      sq_dist[i] = dist;
     }
   }
 
@@ -238,15 +239,16 @@ void cluster_sums(const Shape& s, T* sums, T* wsum, Fill fill) {
   }
 }
 
-/// Adds w_i x_i and w_i of points [i0, i1) of problem b to their clusters' rows of acc;
-/// returns the number of points skipped because their label is outside [0, K).
+/// Adds w_i x_i and w_i of the n points at X ([n, D], with labels[n] and weights[n] or
+/// nullptr) to their clusters' rows of acc, in order; returns the number of points skipped
+/// because their label is outside [0, K).
 template <class T>
 int64_t accumulate_points(const Shape& s, const T* X, const int64_t* labels, const T* weights,
-                          int64_t b, int64_t i0, int64_t i1, accumulate_t<T>* acc) {
+                          int64_t n, accumulate_t<T>* acc) {
   using A = accumulate_t<T>;
   A* acc_w = acc + s.K * s.D;
   int64_t skipped = 0;
-  for (int64_t i = b * s.N + i0; i < b * s.N + i1; ++i) {
+  for (int64_t i = 0; i < n; ++i) {
     const int64_t k = labels[i];
     if (k < 0 || k >= s.K) {  // never index out of bounds
       ++skipped;
@@ -274,7 +276,9 @@ void assign_labels(const Shape& s, const T* X, const T* C, int64_t* labels, T* s
   for (int64_t task = 0; task < s.B * chunks; ++task) {
     if (interruption.requested()) continue;
     const int64_t b = task / chunks, i0 = (task % chunks) * kChunkPoints;
-    nearest.assign_chunk(X, b, i0, std::min(kChunkPoints, s.N - i0), labels, sq_dist);
+    const int64_t first = b * s.N + i0;
+    nearest.assign_chunk(X + first * s.D, b, std::min(kChunkPoints, s.N - i0), labels + first,
+                         sq_dist + first);
   }
 }
 
@@ -282,19 +286,36 @@ template <class T>
 void update_centers(const Shape& s, const T* X, const int64_t* labels, const T* weights,
                     T* sums, T* wsum) {
   cluster_sums<T>(s, sums, wsum, [&](int64_t b, int64_t i0, int64_t i1, accumulate_t<T>* acc) {
-    return accumulate_points(s, X, labels, weights, b, i0, i1, acc);
+    const int64_t first = b * s.N + i0;
+    return accumulate_points(s, X + first * s.D, labels + first,
+                             weights ? weights + first : nullptr, i1 - i0, acc);
   });
 }
 
-/// lloyd_step's fill for blocked_sum: assigns a block chunk by chunk, then sums it while it
-/// is still in cache.
+/// lloyd_step's fill for blocked_sum: assigns a block chunk by chunk and sums each chunk
+/// while it is still in cache. With a shift, each chunk's points are x - shift, rounded to T
+/// as numpy's X - shift rounds them, formed in a small buffer (never a copy of X).
 template <class T>
 auto assign_and_sum(const Shape& s, const NearestCenters<T>& nearest, const T* X,
-                    const T* weights, int64_t* labels, T* sq_dist) {
+                    const T* shift, const T* weights, int64_t* labels, T* sq_dist) {
+  const int64_t chunk = shift ? std::clamp<int64_t>(kCentredChunkBytes / (s.D * int64_t(sizeof(T))),
+                                                    1, kChunkPoints)
+                              : kChunkPoints;
   return [=, &nearest](int64_t b, int64_t i0, int64_t i1, accumulate_t<T>* acc) {
-    for (int64_t c0 = i0; c0 < i1; c0 += kChunkPoints)
-      nearest.assign_chunk(X, b, c0, std::min(kChunkPoints, i1 - c0), labels, sq_dist);
-    return accumulate_points(s, X, labels, weights, b, i0, i1, acc);
+    std::vector<T> centred(shift ? size_t(chunk * s.D) : 0);
+    int64_t skipped = 0;
+    for (int64_t c0 = i0; c0 < i1; c0 += chunk) {
+      const int64_t first = b * s.N + c0, n = std::min(chunk, i1 - c0);
+      const T* points = X + first * s.D;
+      if (shift) {
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t d = 0; d < s.D; ++d) centred[size_t(i * s.D + d)] = points[i * s.D + d] - shift[d];
+        points = centred.data();
+      }
+      nearest.assign_chunk(points, b, n, labels + first, sq_dist + first);
+      skipped += accumulate_points(s, points, labels + first, weights ? weights + first : nullptr, n, acc);
+    }
+    return skipped;
   };
 }
 
@@ -303,18 +324,19 @@ void lloyd_step(const Shape& s, const T* X, const T* C, const T* weights, int64_
                 T* sq_dist, T* sums, T* wsum) {
   if (s.K < 1) throw std::invalid_argument("lloyd_step: need at least one centre");
   const NearestCenters<T> nearest(s, C);
-  cluster_sums<T>(s, sums, wsum, assign_and_sum(s, nearest, X, weights, labels, sq_dist));
+  cluster_sums<T>(s, sums, wsum, assign_and_sum<T>(s, nearest, X, nullptr, weights, labels, sq_dist));
 }
 
 template <class T>
-void lloyd_step_accumulate(const Shape& s, const T* X, const T* C, const T* weights,
-                           int64_t* labels, T* sq_dist, accumulate_t<T>* totals) {
+void lloyd_step_accumulate(const Shape& s, const T* X, const T* shift, const T* C,
+                           const T* weights, int64_t* labels, T* sq_dist,
+                           accumulate_t<T>* totals) {
   using A = accumulate_t<T>;
   if (s.K < 1) throw std::invalid_argument("lloyd_step: need at least one centre");
   const NearestCenters<T> nearest(s, C);
   const int64_t row = s.K * s.D + s.K;
   int64_t bad_labels = 0;
-  const auto folded = blocked_sum<A>(s.B, s.N, row, assign_and_sum(s, nearest, X, weights, labels, sq_dist),
+  const auto folded = blocked_sum<A>(s.B, s.N, row, assign_and_sum(s, nearest, X, shift, weights, labels, sq_dist),
                                      bad_labels, std::vector<A>(totals, totals + s.B * row));
   std::copy(folded.begin(), folded.end(), totals);
 }
@@ -323,8 +345,8 @@ void lloyd_step_accumulate(const Shape& s, const T* X, const T* C, const T* weig
   template void assign_labels<T>(const Shape&, const T*, const T*, int64_t*, T*);            \
   template void update_centers<T>(const Shape&, const T*, const int64_t*, const T*, T*, T*); \
   template void lloyd_step<T>(const Shape&, const T*, const T*, const T*, int64_t*, T*, T*, T*); \
-  template void lloyd_step_accumulate<T>(const Shape&, const T*, const T*, const T*, int64_t*, T*, \
-                                         accumulate_t<T>*);
+  template void lloyd_step_accumulate<T>(const Shape&, const T*, const T*, const T*, const T*, \
+                                         int64_t*, T*, accumulate_t<T>*);
 GENFAST_INSTANTIATE(float)
 GENFAST_INSTANTIATE(double)
 #undef GENFAST_INSTANTIATE

@@ -44,12 +44,16 @@ void lloyd_step(const Shape& s, const T* X, const T* C, const T* weights, int64_
 /// `totals`: running it on consecutive row ranges of X that start at multiples of
 /// kSumBlockPoints (blocked_sum.hpp), carrying `totals` from one range to the next, gives
 /// bitwise the totals of one lloyd_step over all the rows. Lets a caller walk a large X in
-/// bounded pieces (for example to centre each piece in a small buffer instead of copying X).
+/// bounded pieces. With a shift the points are X - shift (each element rounded to T, as
+/// numpy's X - shift), formed a cache-sized chunk at a time: the centred fit's pass, with
+/// no centred copy of X in memory.
 /// @param[in]     X, C, weights  as lloyd_step
+/// @param[in]     shift  [D] subtracted from every point, or nullptr for none
 /// @param[out]    labels [B, N], sq_dist [B, N]
 /// @param[in,out] totals [B, K*D + K]: per-cluster sums of w_i x_i, then of w_i
 template <class T>
-void lloyd_step_accumulate(const Shape& s, const T* X, const T* C, const T* weights,
-                           int64_t* labels, T* sq_dist, accumulate_t<T>* totals);
+void lloyd_step_accumulate(const Shape& s, const T* X, const T* shift, const T* C,
+                           const T* weights, int64_t* labels, T* sq_dist,
+                           accumulate_t<T>* totals);
 
 }  // namespace genfast::kmeans

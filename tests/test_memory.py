@@ -67,18 +67,24 @@ def test_extra_peak_memory_within_a_quarter_of_the_input(case):
 
 # --------------------------------------------------------------------------- same results in pieces
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 3, 2), (8192, 2, 3), (8193, 5, 7), (30_000, 3, 17)])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 3, 2), (8192, 2, 3), (8193, 5, 7), (30_000, 3, 17),
+                                   (3001, 300, 5)])
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
-def test_lloyd_step_accumulate_in_pieces_is_one_lloyd_step(shape, dtype, weighted, rng, seed):
+@pytest.mark.parametrize("shifted", [False, True], ids=["unshifted", "shifted"])
+def test_lloyd_step_accumulate_in_pieces_is_one_lloyd_step(shape, dtype, weighted, shifted, rng, seed):
     """Pieces of X starting at multiples of SUM_BLOCK_POINTS, with the float64 totals carried
     over, give bitwise the labels, distances and (rounded) sums of one kmeans_lloyd_step, and
-    every output element is written."""
+    every output element is written. With a shift, they are those of kmeans_lloyd_step on
+    numpy's X - shift (D=300 takes centred chunks shorter than the assignment's 256 points)."""
     N, D, K = shape
-    X = rng.standard_normal((N, D)).astype(dtype)
+    X = (rng.standard_normal((N, D)) * 3 + rng.uniform(-50, 50, size=D)).astype(dtype)
     C = X[rng.choice(N, size=min(K, N), replace=False)].copy()
     K = len(C)
     w = rng.uniform(0.1, 2.0, size=N).astype(dtype) if weighted else None
-    labels, sq_dist, sums, wsum = ops.kmeans_lloyd_step(X, C, w, return_means=False)
+    shift = X.mean(axis=0) if shifted else None
+    if shifted:
+        C -= shift
+    labels, sq_dist, sums, wsum = ops.kmeans_lloyd_step(X - shift if shifted else X, C, w, return_means=False)
     block = be._core.SUM_BLOCK_POINTS
     got_labels = np.full(N, -1, dtype=np.int64)
     got_sq = np.full(N, np.nan, dtype=dtype)
@@ -89,7 +95,8 @@ def test_lloyd_step_accumulate_in_pieces_is_one_lloyd_step(shape, dtype, weighte
             continue
         piece_labels = np.full((1, i1 - i0), -1, dtype=np.int64)
         piece_sq = np.full((1, i1 - i0), np.nan, dtype=dtype)
-        be._core.kmeans_lloyd_step_accumulate(X[None, i0:i1], C[None], None if w is None else w[None, i0:i1],
+        be._core.kmeans_lloyd_step_accumulate(X[None, i0:i1], shift, C[None],
+                                              None if w is None else w[None, i0:i1],
                                               piece_labels, piece_sq, totals)
         got_labels[i0:i1], got_sq[i0:i1] = piece_labels[0], piece_sq[0]
     msg = f"seed={seed} shape={shape} starts={starts}"
@@ -102,9 +109,11 @@ def test_lloyd_step_accumulate_in_pieces_is_one_lloyd_step(shape, dtype, weighte
 def test_lloyd_step_accumulate_checks_shapes():
     X = np.zeros((1, 10, 3))
     C = np.zeros((1, 2, 3))
+    labels, sq_dist = np.zeros((1, 10), np.int64), np.zeros((1, 10))
     with pytest.raises(ValueError, match="totals"):
-        be._core.kmeans_lloyd_step_accumulate(X, C, None, np.zeros((1, 10), np.int64), np.zeros((1, 10)),
-                                              np.zeros((1, 7)))
+        be._core.kmeans_lloyd_step_accumulate(X, None, C, None, labels, sq_dist, np.zeros((1, 7)))
+    with pytest.raises(ValueError, match="shift"):
+        be._core.kmeans_lloyd_step_accumulate(X, np.zeros(2), C, None, labels, sq_dist, np.zeros((1, 8)))
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

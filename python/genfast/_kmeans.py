@@ -84,15 +84,17 @@ class _HostArrays:
     def count_changed(self, a, b):
         return int(np.count_nonzero(a != b))
 
-    def lloyd_piece(self, piece, centers, sw_piece, totals):
-        """Labels and squared distances of a piece of centred points; the piece's per-cluster
-        sums of w x, then of w, added into totals (float64, (K*D + K,)) in the kernel's order."""
+    def lloyd_piece(self, piece, shift, centers, sw_piece, totals):
+        """Labels and squared distances of a piece of points piece - shift (the kernel centres
+        them a cache-sized chunk at a time); the piece's per-cluster sums of w x, then of w,
+        added into totals (float64, (K*D + K,)) in the kernel's order."""
         n = piece.shape[0]
         labels = np.empty((1, n), dtype=np.int64)
         sq_dist = np.empty((1, n), dtype=piece.dtype)
         # The kernel takes the weights in X's dtype (ops converts them the same way).
         weights = None if sw_piece is None else np.ascontiguousarray(sw_piece[None], dtype=piece.dtype)
-        be._core.kmeans_lloyd_step_accumulate(piece[None], centers[None], weights, labels, sq_dist, totals[None])
+        be._core.kmeans_lloyd_step_accumulate(np.ascontiguousarray(piece)[None], shift, centers[None],
+                                              weights, labels, sq_dist, totals[None])
         return labels[0], sq_dist[0]
 
 
@@ -154,7 +156,8 @@ class _TorchCudaArrays(_HostArrays):
     def count_changed(self, a, b):
         return int((a != b).sum())
 
-    def lloyd_piece(self, piece, centers, sw_piece, totals):
+    def lloyd_piece(self, piece, shift, centers, sw_piece, totals):
+        assert shift is None  # the GPU fit holds a centred copy
         labels, sq_dist, sums, weights = ops.kmeans_lloyd_step(
             piece, self.asarray(centers), sw_piece, return_means=False, check_finite=False)
         totals += np.concatenate([self.to_host(sums).ravel(), self.to_host(weights)]).astype(np.float64)
@@ -188,6 +191,13 @@ class _CentredPieces:
             np.subtract(self.X[i0:i1], self.mean, out=piece)
             yield i0, i1, piece
 
+    def lloyd_pieces(self):
+        """(i0, i1, X[i0:i1], mean) for the same pieces: the Lloyd kernel centres the rows
+        itself, a cache-sized chunk at a time, bitwise as pieces() would (no pass through
+        the buffer)."""
+        for i0, i1 in self.bounds:
+            yield i0, i1, self.X[i0:i1], self.mean
+
     def rows(self, index):
         """The centred rows X[index] - mean (a host array)."""
         return np.asarray(self.X[index] - self.mean)
@@ -203,6 +213,9 @@ class _CentredWhole:
 
     def pieces(self):
         yield 0, self.n, self.Xw
+
+    def lloyd_pieces(self):
+        yield 0, self.n, self.Xw, None
 
     def rows(self, index):
         return self.arrays.take_host(self.Xw, index)
@@ -508,8 +521,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         for i in range(self.max_iter):
             totals = np.zeros(K * D + K)  # per-cluster sums of w x, then of w
             changed = 0
-            for i0, i1, piece in data.pieces():
-                piece_labels, piece_sq_dist = arrays.lloyd_piece(piece, centers, _piece(sw, i0, i1), totals)
+            for i0, i1, piece, shift in data.lloyd_pieces():
+                piece_labels, piece_sq_dist = arrays.lloyd_piece(piece, shift, centers, _piece(sw, i0, i1), totals)
                 if i > 0:
                     changed += arrays.count_changed(labels[i0:i1], piece_labels)
                 labels[i0:i1] = piece_labels
