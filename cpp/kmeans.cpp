@@ -11,6 +11,7 @@
 #include <cmath>
 #include <limits>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 namespace genfast::kmeans {
@@ -70,6 +71,13 @@ template <class T> class PackedCenters {
     }
   }
   int64_t panels() const { return panels_; }
+  /// -2 c_k as packed: c_k's feature d lies at [d * width] of the returned pointer.
+  const T* neg2c(int64_t b, int64_t k) const {
+    return reinterpret_cast<const T*>(panel(b, k / width)) + k % width;
+  }
+  T sq_norm_of(int64_t b, int64_t k) const {
+    return reinterpret_cast<const T*>(norm(b, k / width))[k % width];
+  }
   const V* panel(int64_t b, int64_t p) const { return &data_[size_t((b * panels_ + p) * D_ * cols)]; }
   const V* norm(int64_t b, int64_t p) const { return &norms_[size_t((b * panels_ + p) * cols)]; }
   accumulate_t<T> max_norm(int64_t b) const { return max_norm_[size_t(b)]; }
@@ -140,10 +148,43 @@ inline typename simd::vector<T>::int_lane lowest_index_of_min(simd::vec_t<T> v,
   return simd::all_lanes_min<M, M>(idx)[0];
 }
 
-/// Nearest-centre search against one packed copy of the centres.
+/// Vectors of points scored together by the point-major search (4 x 16 float points on
+/// AVX-512): each broadcast feature of a centre feeds this many FMAs, and the 4 states of
+/// (score, best, best index, runner-up) fit the register file (2 on AVX2's 16 registers).
+constexpr int kPointVectors = simd::kVectorRegisters >= 32 ? 4 : 2;
+
+/// Whether NearestCenters should search point-major: where its scores cost less than the
+/// centre-major tile's per-point lane reductions and padded panels. The bounds are where the
+/// two cross on a Zen 4 core (ns per point for D in 1..64 and K in 16..256, 20k to 400k
+/// points), counted in centre-features K max(D, 8). AVX-512: float up to 2048 for D <= 16
+/// and 1024 up to D = 64 (past that the transposed points leave L1), double for D <= 4 and
+/// K <= 256. AVX2 (half the lanes and registers): float up to 512 for D <= 8, double up to 256.
+template <class T> bool prefer_point_major(int64_t K, int64_t D) {
+  const int64_t work = K * std::max<int64_t>(D, 8);
+  if constexpr (simd::kVectorRegisters >= 32) {
+    if constexpr (std::is_same_v<T, float>) return D <= 64 && work <= (D <= 16 ? 2048 : 1024);
+    return D <= 4 && K <= 256;
+  } else {
+    if constexpr (std::is_same_v<T, float>) return D <= 8 && work <= 512;
+    return work <= 256;
+  }
+}
+
+/// Nearest-centre search against one packed copy of the centres. Two loop orders, the same
+/// scores and results: centre-major (a register tile of points against panels of centres,
+/// lanes are centres, each point's lanes reduced at the end) for many centres, and
+/// point-major (lanes are points, the centres visited one by one in index order) for few,
+/// where the per-point lane reductions and a half-empty panel would cost more than the scores.
 template <class T> class NearestCenters {
+  using V = simd::vec_t<T>;
+  using M = simd::mask_t<T>;
+  using Lane = typename simd::vector<T>::int_lane;
+  static constexpr int L = Tile<T>::lanes;
+  static constexpr int W = Tile<T>::width;
+
  public:
-  NearestCenters(const Shape& s, const T* C) : s_(s), C_(C), packed_(s, C) {
+  NearestCenters(const Shape& s, const T* C)
+      : s_(s), C_(C), packed_(s, C), point_major_(prefer_point_major<T>(s.K, s.D)) {
     panels_per_block_ = std::max<int64_t>(
         1, kBlockBytes / std::max<int64_t>(1, s.D * Tile<T>::width * int64_t(sizeof(T))));
   }
@@ -151,15 +192,82 @@ template <class T> class NearestCenters {
   /// Labels and squared distances of the n <= kChunkPoints points at Xc ([n, D]) of
   /// problem b, written to labels[0, n) and sq_dist[0, n).
   void assign_chunk(const T* Xc, int64_t b, int64_t n, int64_t* labels, T* sq_dist) const {
-    using V = simd::vec_t<T>;
-    using M = simd::mask_t<T>;
-    using Lane = typename simd::vector<T>::int_lane;
-    constexpr int R = Tile<T>::rows;
-    constexpr int L = Tile<T>::lanes;
-    constexpr int W = Tile<T>::width;
-    const T inf = std::numeric_limits<T>::infinity();
     T best_score[kChunkPoints], runner_up_score[kChunkPoints];
     int64_t best_label[kChunkPoints];
+    if (point_major_)
+      score_point_major(Xc, b, n, best_score, runner_up_score, best_label);
+    else
+      score_centre_major(Xc, b, n, best_score, runner_up_score, best_label);
+    const T* Cb = C_ + b * s_.K * s_.D;
+    for (int64_t i = 0; i < n; ++i) {
+      const T* x = Xc + i * s_.D;
+      int64_t label = best_label[i];
+      T dist = exact_sq_dist(x, Cb + label * s_.D, s_.D);
+      if (near_tie(best_score[i], runner_up_score[i],
+                   rank_score_error<T>(dist, packed_.max_norm(b), s_.D)))
+        label = nearest_exact(x, Cb, s_.K, s_.D, &dist);
+      labels[i] = label;
+      sq_dist[i] = dist;
+    }
+  }
+
+ private:
+  /// Point-major scores of a chunk: kPointVectors vectors of points at a time, their features
+  /// transposed into [D][kPointVectors] vectors; for each centre k in index order, a strict <
+  /// keeps the lowest index on ties, and the runner-up takes the larger of (best, score).
+  void score_point_major(const T* Xc, int64_t b, int64_t n, T* best_score, T* runner_up_score,
+                         int64_t* best_label) const {
+    constexpr int P = kPointVectors;
+    const V inf = simd::broadcast<V>(std::numeric_limits<T>::infinity());
+    std::vector<V> xt(size_t(s_.D * P));
+    for (int64_t g0 = 0; g0 < n; g0 += P * L) {
+      // xt[d * P + p][l] = feature d of point g0 + p L + l (past n: the last point again).
+      for (int p = 0; p < P; ++p)
+        for (int l = 0; l < L; ++l) {
+          const T* x = Xc + std::min<int64_t>(g0 + p * L + l, n - 1) * s_.D;
+          for (int64_t d = 0; d < s_.D; ++d) xt[size_t(d * P + p)][l] = x[d];
+        }
+      V best[P], runner_up[P];
+      M best_k[P];
+      for (int p = 0; p < P; ++p) {
+        best[p] = runner_up[p] = inf;
+        best_k[p] = M{};
+      }
+      for (int64_t k = 0; k < s_.K; ++k) {
+        const T* c = packed_.neg2c(b, k);
+        V score[P];
+        for (int p = 0; p < P; ++p) score[p] = simd::broadcast<V>(packed_.sq_norm_of(b, k));
+        // rank score ||c||^2 + sum_d x_d (-2 c_d), as the centre-major tile sums it.
+        for (int64_t d = 0; d < s_.D; ++d) {
+          const V cd = simd::broadcast<V>(c[d * W]);
+#pragma GCC unroll 4
+          for (int p = 0; p < P; ++p) score[p] += xt[size_t(d * P + p)] * cd;
+        }
+        const M kv = simd::broadcast<M>(Lane(k));
+#pragma GCC unroll 4
+        for (int p = 0; p < P; ++p) {
+          const M better = score[p] < best[p];
+          // runner-up of {best, runner_up, score}: the larger of best and score competes.
+          const V larger = better ? best[p] : score[p];
+          runner_up[p] = larger < runner_up[p] ? larger : runner_up[p];
+          best[p] = better ? score[p] : best[p];
+          best_k[p] = better ? kv : best_k[p];
+        }
+      }
+      for (int64_t i = g0; i < std::min<int64_t>(n, g0 + P * L); ++i) {
+        const int p = int((i - g0) / L), l = int((i - g0) % L);
+        best_score[i] = best[p][l];
+        runner_up_score[i] = runner_up[p][l];
+        best_label[i] = int64_t(best_k[p][l]);
+      }
+    }
+  }
+
+  /// Centre-major scores of a chunk: register tiles of points against blocks of panels.
+  void score_centre_major(const T* Xc, int64_t b, int64_t n, T* best_score, T* runner_up_score,
+                          int64_t* best_label) const {
+    constexpr int R = Tile<T>::rows;
+    const T inf = std::numeric_limits<T>::infinity();
     std::fill(best_score, best_score + n, inf);
     std::fill(runner_up_score, runner_up_score + n, inf);
     std::fill(best_label, best_label + n, int64_t(0));
@@ -202,23 +310,12 @@ template <class T> class NearestCenters {
         }
       }
     }
-    const T* Cb = C_ + b * s_.K * s_.D;
-    for (int64_t i = 0; i < n; ++i) {
-      const T* x = Xc + i * s_.D;
-      int64_t label = best_label[i];
-      T dist = exact_sq_dist(x, Cb + label * s_.D, s_.D);
-      if (near_tie(best_score[i], runner_up_score[i],
-                   rank_score_error<T>(dist, packed_.max_norm(b), s_.D)))
-        label = nearest_exact(x, Cb, s_.K, s_.D, &dist);
-      labels[i] = label;
-      sq_dist[i] = dist;
-    }
   }
 
- private:
   Shape s_;
   const T* C_;
   PackedCenters<T> packed_;
+  bool point_major_;
   int64_t panels_per_block_;
 };
 

@@ -85,14 +85,17 @@ NEAR_TIE_PAIRS = {"same_panel": (0, 1), "other_panel": (3, 40), "same_lane": (5,
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("pair", NEAR_TIE_PAIRS.values(), ids=NEAR_TIE_PAIRS.keys())
-def test_assign_resolves_near_ties_by_the_direct_distance(pair, dtype, kind):
+@pytest.mark.parametrize("D", [3, 40])
+def test_assign_resolves_near_ties_by_the_direct_distance(pair, D, dtype, kind):
     """Regression (seed 366607134, D1_K65, float32): far from the origin, the rank score
     ||c||^2 - 2 x.c rounds by more than the gap between two centres' true distances, and the
     kernel picked the farther centre. Two centres at base - 0.25 and base + 0.26 with points
     swept across their midpoint: every label must be the exact nearest centre, with no
-    rounding-tie allowance, and sq_dist the exact distance to it."""
+    rounding-tie allowance, and sq_dist the exact distance to it. On the CPU, D=3 takes the
+    point-major search and D=40 the centre-major one, in both dtypes."""
     base = {"float32": 1000.0, "float64": 3.0e7}[dtype]  # rank-score error ~0.2 in both
-    K, D = 65, 3
+    base /= np.sqrt(D / 3)  # the same error for every D: it grows with ||x||^2 ~ D base^2
+    K = 65
     i, j = pair
     C = np.full((K, D), base) + 50.0 * np.arange(1, K + 1)[:, None]  # the other centres: far away
     C[i] = base - 0.25

@@ -58,10 +58,12 @@ GENFAST_HD T exact_sq_dist(const T* x, const T* c, int64_t D) {
       part[j] += diff * diff;
     }
   }
-  // Pairwise combination of the partial sums, in a fixed order.
-  for (int width = kParts / 2; width >= 1; width /= 2)
-    for (int j = 0; j < width; ++j) part[j] += part[j + width];
-  return T(part[0]);
+  // Pairwise combination of the partial sums, in a fixed order: (0+4 + 2+6) + (1+5 + 3+7).
+  // Written out so that the CPU keeps it in registers (a vectorised loop over part[] read the
+  // tail's scalar stores back as one vector: a store-forwarding stall on every point).
+  const A q0 = part[0] + part[4], q1 = part[1] + part[5];
+  const A q2 = part[2] + part[6], q3 = part[3] + part[7];
+  return T((q0 + q2) + (q1 + q3));
 }
 
 /// One term of a squared norm: s + c_d^2 with c_d widened to the accumulation type.
