@@ -118,12 +118,12 @@ accumulate_t<T> reconstruction_row(const Problem<T>& p, int64_t D, int64_t b) {
       const V precision = per_element ? VectorExp{}(-s) : V{} + fixed_precision;
       const GaussianTerm<V> t = gaussian_term(x, out, s, precision);
       log_p = t.log_p, d_out = t.d_mean, d_x = -t.d_mean;
-      if (kGrads && p.grad_decoder_logvar) access.store(p.grad_decoder_logvar + at, scale * t.d_logvar);
+      if (kGrads && p.grad_decoder_logvar) access.store(p.grad_decoder_logvar + at, weighted(scale, t.d_logvar));
     }
     if constexpr (kValues) acc.add(access.counted(log_p));
     if constexpr (kGrads) {
-      if (p.grad_decoder_out) access.store(p.grad_decoder_out + at, scale * d_out);
-      if (p.grad_x) access.store(p.grad_x + at, scale * d_x);
+      if (p.grad_decoder_out) access.store(p.grad_decoder_out + at, weighted(scale, d_out));
+      if (p.grad_x) access.store(p.grad_x + at, weighted(scale, d_x));
     }
   });
   return acc.total();
@@ -140,8 +140,8 @@ accumulate_t<T> kl_row(const Problem<T>& p, int64_t L, int64_t b) {
     const KLTerm<V> t = kl_term(access.load(p.mu + at), access.load(p.logvar + at), VectorExp{});
     if constexpr (kValues) acc.add(access.counted(t.kl));
     if constexpr (kGrads) {
-      if (p.grad_mu) access.store(p.grad_mu + at, scale * t.d_mu);
-      if (p.grad_logvar) access.store(p.grad_logvar + at, scale * t.d_logvar);
+      if (p.grad_mu) access.store(p.grad_mu + at, weighted(scale, t.d_mu));
+      if (p.grad_logvar) access.store(p.grad_logvar + at, weighted(scale, t.d_logvar));
     }
   });
   return acc.total();
@@ -177,7 +177,7 @@ template <class T> void scale_rows(int64_t B, int64_t n, const T* in, const T* w
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < B; ++b) {
     const T w = weight[b];
-    for (int64_t i = 0; i < n; ++i) out[b * n + i] = w * in[b * n + i];
+    for (int64_t i = 0; i < n; ++i) out[b * n + i] = weighted(w, in[b * n + i]);
   }
 }
 

@@ -18,7 +18,9 @@ template <class T>
 void evaluate(const Shape& s, Likelihood likelihood, const Problem<T>& p);
 
 /// out[b, i] = weight[b] in[b, i]: per-sample gradients saved by the forward pass, scaled by
-/// the backward's per-sample upstream gradients.
+/// the backward's per-sample upstream gradients. A zero weight gives zeros even where in[b, i]
+/// is infinite (elbo's `weighted`: a term of weight zero, e.g. the KL term at beta = 0, has
+/// no gradient).
 /// @param[in]  in      [B, n]
 /// @param[in]  weight  [B]
 /// @param[out] out     [B, n] (may be `in`)

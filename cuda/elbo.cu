@@ -66,12 +66,12 @@ __device__ compute_t<T> reconstruction_row(const Shape& s, const Problem<T>& p, 
       const C sv = logvar ? widen(logvar[at]) : fixed_logvar;
       const GaussianTerm<C> t = gaussian_term(xv, ov, sv, logvar ? DeviceExp{}(-sv) : fixed_precision);
       log_p = t.log_p, d_out = t.d_mean, d_x = -t.d_mean;
-      if (kGrads && p.grad_decoder_logvar) p.grad_decoder_logvar[at] = narrow<T>(scale * t.d_logvar);
+      if (kGrads && p.grad_decoder_logvar) p.grad_decoder_logvar[at] = narrow<T>(weighted(scale, t.d_logvar));
     }
     if (kValues) rec += log_p;
     if (kGrads) {
-      if (p.grad_decoder_out) p.grad_decoder_out[at] = narrow<T>(scale * d_out);
-      if (p.grad_x) p.grad_x[at] = narrow<T>(scale * d_x);
+      if (p.grad_decoder_out) p.grad_decoder_out[at] = narrow<T>(weighted(scale, d_out));
+      if (p.grad_x) p.grad_x[at] = narrow<T>(weighted(scale, d_x));
     }
   }
   return rec;
@@ -89,8 +89,8 @@ __device__ compute_t<T> kl_row(const Shape& s, const Problem<T>& p, int64_t b, i
     const KLTerm<C> t = kl_term(widen(p.mu[at]), widen(p.logvar[at]), DeviceExp{});
     if (kValues) kl += t.kl;
     if (kGrads) {
-      if (p.grad_mu) p.grad_mu[at] = narrow<T>(scale * t.d_mu);
-      if (p.grad_logvar) p.grad_logvar[at] = narrow<T>(scale * t.d_logvar);
+      if (p.grad_mu) p.grad_mu[at] = narrow<T>(weighted(scale, t.d_mu));
+      if (p.grad_logvar) p.grad_logvar[at] = narrow<T>(weighted(scale, t.d_logvar));
     }
   }
   return kl;
@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(kThreads)
                       T* __restrict__ out) {
   for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
     const compute_t<T> w = widen(weight[b]);
-    for (int64_t i = threadIdx.x; i < n; i += kThreads) out[b * n + i] = narrow<T>(w * widen(in[b * n + i]));
+    for (int64_t i = threadIdx.x; i < n; i += kThreads) out[b * n + i] = narrow<T>(weighted(w, widen(in[b * n + i])));
   }
 }
 

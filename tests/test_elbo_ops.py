@@ -226,6 +226,12 @@ def test_scale_rows(rng, seed, dtype):
     out = np.full_like(rows, np.nan)
     _core.elbo_scale_rows(rows, weight, out)
     assert np.array_equal(out, (weight[:, None] * rows).astype(dtype)), f"seed={seed}"
+    # a zero weight zeroes its row, infinities included (not 0 * inf = NaN)
+    rows[3, :5] = [np.inf, -np.inf, np.inf, 1.0, -2.0]
+    rows[4, 0] = np.inf
+    weight[3] = 0.0
+    _core.elbo_scale_rows(rows, weight, out)
+    assert not out[3].any() and out[4, 0] == np.copysign(np.inf, weight[4]), f"seed={seed}"
 
 
 # --------------------------------------------------------------------------- genfast.ops.elbo
@@ -305,6 +311,54 @@ def test_elbo_with_beta_zero_is_rec_even_when_kl_is_infinite(dtype):
     assert kl[0] == np.inf and np.isfinite(rec).all()
     np.testing.assert_array_equal(elbo, rec)
     assert ops.elbo(x, x, mu, logvar, likelihood="gaussian", beta=1.0)[0][0] == -np.inf
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gradients_with_beta_zero_are_zero_even_where_kl_overflows(dtype, kind):
+    """Found by the thorough property profile: with beta = 0 and a logvar whose exp overflows,
+    the KL gradient rows were -0 * inf = NaN; a term of weight zero now has gradient 0, as its
+    value is dropped from the ELBO. The reconstruction gradients are untouched."""
+    if kind == "torch":
+        pytest.importorskip("torch")
+    big = 127.0 if dtype == "float32" else 1000.0  # exp(big) overflows the dtype
+    x = np.array([[0.0, 1.0], [1.0, 0.0]], dtype)
+    out = np.array([[0.5, -2.0], [3.0, 0.25]], dtype)
+    mu = np.array([[0.125, -1.0], [2.0, 0.0]], dtype)
+    logvar = np.array([[big, 0.5], [-big, big]], dtype)
+    args = as_kind(kind, x, out, mu, logvar)
+    elbo, rec, kl, grads = ops.elbo(*args, beta=0.0, gradients=True)
+    assert np.isinf(to_np(kl)).all()  # both rows have a logvar whose exp overflows
+    np.testing.assert_array_equal(to_np(elbo), to_np(rec))
+    for name in ("mu", "logvar"):
+        got = to_np(grads[name])
+        assert np.isfinite(got).all() and not got.any(), f"grad {name}: {got}"
+    ref_grads = ops.elbo(*args, beta=1.0, gradients=True)[3]
+    np.testing.assert_array_equal(to_np(grads["decoder_out"]), to_np(ref_grads["decoder_out"]))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_torch_elbo_backward_with_beta_zero_where_kl_overflows(dtype, reduction):
+    """The same through genfast.torch.elbo's autograd: with beta = 0 the KL rows are computed
+    for weight 1 and rescaled by the upstream weight 0, which gave NaN where exp(logvar)
+    overflows; mu and logvar now get zero gradients, decoder_out its usual one."""
+    torch = pytest.importorskip("torch")
+    import genfast.torch as gt
+
+    tdt = getattr(torch, dtype)
+    big = 127.0 if dtype == "float32" else 1000.0
+    x = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=tdt)
+    out = torch.tensor([[0.5, -2.0], [3.0, 0.25]], dtype=tdt, requires_grad=True)
+    mu = torch.tensor([[0.125, -1.0], [2.0, 0.0]], dtype=tdt, requires_grad=True)
+    logvar = torch.tensor([[big, 0.5], [-big, big]], dtype=tdt, requires_grad=True)
+    e = gt.elbo(x, out, mu, logvar, beta=0.0, reduction=reduction)
+    e.sum().backward()
+    for name, t in (("mu", mu), ("logvar", logvar)):
+        assert torch.isfinite(t.grad).all() and not t.grad.any(), f"grad {name}: {t.grad}"
+    # d rec / d logit = x - sigmoid(logit), times the reduction's weight
+    want = (x - torch.sigmoid(out.detach())) * (0.5 if reduction == "mean" else 1.0)
+    torch.testing.assert_close(out.grad, want)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -86,6 +86,13 @@ template <class T> struct Problem {
   }
 };
 
+/// scale * d for one gradient element: a zero scale gives 0 even where d is infinite (a term
+/// of weight zero has no gradient, as elbo_value drops a KL term of weight beta = 0; 0 * inf
+/// would be NaN).
+template <class S, class V> GENFAST_HD V weighted(S scale, V d) {
+  return scale == S(0) ? V{} : scale * d;
+}
+
 /// Throws std::invalid_argument when an input that a requested output needs is missing, or
 /// for a log-variance with the Bernoulli likelihood (host code; both backends call it first).
 template <class T> void check_problem(const Shape& s, Likelihood likelihood, const Problem<T>& p) {
