@@ -103,7 +103,7 @@ accumulate_t<T> reconstruction_row(const Problem<T>& p, int64_t D, int64_t b) {
   using V = vec<T>;
   const T scale = T(p.rec_scale);
   const T fixed_logvar = T(p.fixed_logvar);
-  const T fixed_precision = T(std::exp(-p.fixed_logvar));
+  const T fixed_inv_std = T(std::exp(-0.5 * p.fixed_logvar));
   Accumulator<T> acc;
   for_each_vector<T>(D, [&](int64_t d, auto access) {
     const int64_t at = b * D + d;
@@ -115,8 +115,8 @@ accumulate_t<T> reconstruction_row(const Problem<T>& p, int64_t D, int64_t b) {
     } else {
       const bool per_element = p.decoder_logvar != nullptr;
       const V s = per_element ? access.load(p.decoder_logvar + at) : V{} + fixed_logvar;
-      const V precision = per_element ? VectorExp{}(-s) : V{} + fixed_precision;
-      const GaussianTerm<V> t = gaussian_term(x, out, s, precision);
+      const V inv_std = per_element ? VectorExp{}(T(-0.5) * s) : V{} + fixed_inv_std;
+      const GaussianTerm<V> t = gaussian_term(x, out, s, inv_std);
       log_p = t.log_p, d_out = t.d_mean, d_x = -t.d_mean;
       if (kGrads && p.grad_decoder_logvar) access.store(p.grad_decoder_logvar + at, weighted(scale, t.d_logvar));
     }

@@ -141,7 +141,7 @@ namespace {
 /// through elbo.hpp's per-element terms.
 template <class T, elbo::Likelihood kLikelihood>
 double decoder_log_likelihood_row(int64_t D, const T* x, const T* out, const T* logvar, T fixed_logvar,
-                                  T fixed_precision) {
+                                  T fixed_inv_std) {
   // Forced inline: a call would pass every vector through memory.
   const auto term = [&](auto xv, auto ov, const T* lv) __attribute__((always_inline)) {
     using V = decltype(xv);
@@ -149,8 +149,8 @@ double decoder_log_likelihood_row(int64_t D, const T* x, const T* out, const T* 
       return elbo::bernoulli_term(xv, ov, VectorExp{}, VectorLog1pReciprocal{}).log_p;
     } else {
       const V s = lv ? load_as<V>(lv) : V{} + fixed_logvar;
-      const V precision = lv ? VectorExp{}(-s) : V{} + fixed_precision;
-      return elbo::gaussian_term(xv, ov, s, precision).log_p;
+      const V inv_std = lv ? VectorExp{}(T(-0.5) * s) : V{} + fixed_inv_std;
+      return elbo::gaussian_term(xv, ov, s, inv_std).log_p;
     }
   };
   vec<T> acc{};
@@ -168,7 +168,7 @@ template <class T>
 void log_importance_weights(int64_t B, int64_t m, int64_t D, elbo::Likelihood likelihood, const T* x,
                             const T* decoder_out, const T* decoder_logvar, double fixed_logvar,
                             const T* log_prior, const T* log_proposal, T* log_w) {
-  const T fixed_precision = T(std::exp(-fixed_logvar));
+  const T fixed_inv_std = T(std::exp(-0.5 * fixed_logvar));
   const auto run = [&](auto lik) {
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t b = 0; b < B; ++b)
@@ -176,7 +176,7 @@ void log_importance_weights(int64_t B, int64_t m, int64_t D, elbo::Likelihood li
         const int64_t at = (b * m + j) * D;
         const double rec = decoder_log_likelihood_row<T, decltype(lik)::value>(
             D, x + b * D, decoder_out + at, decoder_logvar ? decoder_logvar + at : nullptr, T(fixed_logvar),
-            fixed_precision);
+            fixed_inv_std);
         // log w = log p(x | z) + log p(z) - log q(z | x)
         log_w[b * m + j] = T(rec + double(log_prior[b * m + j]) - double(log_proposal[b * m + j]));
       }

@@ -52,7 +52,7 @@ __device__ compute_t<T> reconstruction_row(const Shape& s, const Problem<T>& p, 
   const T* __restrict__ x = p.x;
   const T* __restrict__ out = p.decoder_out;
   const T* __restrict__ logvar = p.decoder_logvar;
-  const C scale = C(p.rec_scale), fixed_logvar = C(p.fixed_logvar), fixed_precision = C(exp(-p.fixed_logvar));
+  const C scale = C(p.rec_scale), fixed_logvar = C(p.fixed_logvar), fixed_inv_std = C(exp(-0.5 * p.fixed_logvar));
   C rec = 0;
 #pragma unroll 4
   for (int64_t d = lane; d < s.D; d += kWarp) {
@@ -64,7 +64,7 @@ __device__ compute_t<T> reconstruction_row(const Shape& s, const Problem<T>& p, 
       log_p = t.log_p, d_out = t.d_logit, d_x = t.d_x;
     } else {
       const C sv = logvar ? widen(logvar[at]) : fixed_logvar;
-      const GaussianTerm<C> t = gaussian_term(xv, ov, sv, logvar ? DeviceExp{}(-sv) : fixed_precision);
+      const GaussianTerm<C> t = gaussian_term(xv, ov, sv, logvar ? DeviceExp{}(C(-0.5) * sv) : fixed_inv_std);
       log_p = t.log_p, d_out = t.d_mean, d_x = -t.d_mean;
       if (kGrads && p.grad_decoder_logvar) p.grad_decoder_logvar[at] = narrow<T>(weighted(scale, t.d_logvar));
     }

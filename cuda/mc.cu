@@ -115,7 +115,7 @@ template <class T, elbo::Likelihood kLikelihood>
 __global__ void __launch_bounds__(kThreads)
     log_importance_weights_kernel(int64_t B, int64_t m, int64_t D, const T* __restrict__ x,
                                   const T* __restrict__ decoder_out, const T* __restrict__ decoder_logvar,
-                                  T fixed_logvar, T fixed_precision, const T* __restrict__ log_prior,
+                                  T fixed_logvar, T fixed_inv_std, const T* __restrict__ log_prior,
                                   const T* __restrict__ log_proposal, T* __restrict__ log_w) {
   const int lane = threadIdx.x % kWarp;
   for (int64_t row = (int64_t(blockIdx.x) * kThreads + threadIdx.x) / kWarp; row < B * m;
@@ -129,7 +129,7 @@ __global__ void __launch_bounds__(kThreads)
         rec += elbo::bernoulli_term(xb[d], out[d], DeviceExp{}, DeviceLog1pReciprocal{}).log_p;
       } else {
         const T s = logvar ? logvar[d] : fixed_logvar;
-        rec += elbo::gaussian_term(xb[d], out[d], s, logvar ? DeviceExp{}(-s) : fixed_precision).log_p;
+        rec += elbo::gaussian_term(xb[d], out[d], s, logvar ? DeviceExp{}(T(-0.5) * s) : fixed_inv_std).log_p;
       }
     }
     rec = warp_sum(rec);
@@ -173,10 +173,10 @@ void log_importance_weights(int64_t B, int64_t m, int64_t D, elbo::Likelihood li
   if (decoder_logvar && likelihood == elbo::Likelihood::bernoulli)
     throw std::invalid_argument("the Bernoulli likelihood has no log-variance");
   if (B == 0 || m == 0) return;
-  const T fixed_precision = T(std::exp(-fixed_logvar));
+  const T fixed_inv_std = T(std::exp(-0.5 * fixed_logvar));
   const auto launch = [&](auto lik) {
     log_importance_weights_kernel<T, decltype(lik)::value><<<grid_for(B * m, kWarpsPerBlock), kThreads, 0, stream>>>(
-        B, m, D, x, decoder_out, decoder_logvar, T(fixed_logvar), fixed_precision, log_prior, log_proposal, log_w);
+        B, m, D, x, decoder_out, decoder_logvar, T(fixed_logvar), fixed_inv_std, log_prior, log_proposal, log_w);
   };
   if (likelihood == elbo::Likelihood::bernoulli)
     launch(std::integral_constant<elbo::Likelihood, elbo::Likelihood::bernoulli>{});

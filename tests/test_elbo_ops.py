@@ -361,6 +361,24 @@ def test_torch_elbo_backward_with_beta_zero_where_kl_overflows(dtype, reduction)
     torch.testing.assert_close(out.grad, want)
 
 
+def test_gaussian_term_with_a_precision_below_the_dtype():
+    """The Gaussian likelihood's precision exp(-s) underflows (float32 from s = 104) while
+    (x - m)^2 exp(-s) is still huge: rec and the gradients were as if that term were 0. The
+    residual is standardised by exp(-s/2) first; values and gradients match float64 (float32
+    only: the float64 reference squares x - m first, so it cannot check float64's case)."""
+    dtype, x_big, s_big = "float32", 1e38, 127.0
+    x = np.array([[x_big, 1.0], [-x_big, 2.0]], dtype)
+    out = np.array([[0.125, 0.5], [3.0, -1.0]], dtype)
+    logvar = np.array([[s_big, 0.25], [s_big, -0.5]], dtype)
+    rec, grads = ops.elbo(x, out, likelihood="gaussian", decoder_logvar=logvar, gradients=True)[1::2]
+    want = reference.elbo(x, out, likelihood="gaussian", decoder_logvar=logvar)[1]
+    want_grads = reference.elbo_gradients(x, out, likelihood="gaussian", decoder_logvar=logvar)
+    assert np.all(want < -1e20)
+    np.testing.assert_allclose(rec, want, rtol=1e-5)
+    for name in ("decoder_out", "decoder_logvar"):
+        np.testing.assert_allclose(grads[name], want_grads[name], rtol=1e-5, err_msg=name)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_kl_gradient_for_very_negative_logvar(dtype):
     """Found by the property tests: d kl / d logvar = (exp(lv) - 1) / 2 was formed as

@@ -104,6 +104,24 @@ def test_log_importance_weights_match_reference(rng, dtype, likelihood, per_elem
     np.testing.assert_allclose(got, want, rtol=RTOL[dtype] * 5, atol=RTOL[dtype] * D)
 
 
+def test_gaussian_log_weights_with_a_precision_below_the_dtype():
+    """Found by the thorough property profile: x = 1e38 with decoder log-variance 127 (float32)
+    has (x - m)^2 exp(-s) = 7e20, but exp(-127) underflows float32 to 0 and (x - m) times that
+    zero precision dropped the term: log w was -64 instead of -3.5e20. The residual is now
+    standardised by exp(-s/2) first. (float64's case, exp(-s) below 1e-308 with a finite
+    (x - m)^2 exp(-s), is beyond the float64 reference, which squares x - m first.)"""
+    dtype, x_big, s_big = "float32", 1e38, 127.0
+    x = np.array([[x_big, 1.0, -x_big]], dtype)
+    out = np.array([[[0.125, 0.5, 3.0], [-2.0, 1.0, 0.0]]], dtype)
+    logvar = np.array([[[s_big, 0.25, s_big], [s_big, -1.0, s_big]]], dtype)
+    lp = np.array([[0.5, -1.0]], dtype)
+    lq = np.array([[0.25, 0.75]], dtype)
+    got = ops.log_importance_weights(x, out, lp, lq, likelihood="gaussian", decoder_logvar=logvar)
+    want = reference.log_importance_weights(x, out, lp, lq, "gaussian", logvar)
+    assert np.all(want < -1e20)
+    np.testing.assert_allclose(got, want, rtol=RTOL[dtype] * 5)
+
+
 def test_log_importance_weights_writes_every_output(rng):
     x, out, _, lp, lq = random_decoder_problem(rng, 4, 3, 17, "bernoulli", False, "float64")
     log_w = np.full((4, 3), np.nan)

@@ -166,14 +166,16 @@ template <class V> struct GaussianTerm {
   V d_logvar;  ///< ((x - m)^2 exp(-s) - 1) / 2
 };
 
-/// log N(x | m, exp(s)) given the precision exp(-s) (computed by the caller: per element, or
-/// once for a fixed variance).
+/// log N(x | m, exp(s)) given the inverse standard deviation exp(-s/2) (computed by the
+/// caller: per element, or once for a fixed variance). The residual is standardised first,
+/// z = (x - m) exp(-s/2): the precision exp(-s) underflows float32 from s = 104 on, where
+/// (x - m)^2 exp(-s) can still be 1e20, and (x - m) times a zero precision dropped it.
 template <class V>
-GENFAST_ELBO_INLINE GaussianTerm<V> gaussian_term(V x, V m, V s, V precision) {
+GENFAST_ELBO_INLINE GaussianTerm<V> gaussian_term(V x, V m, V s, V inv_std) {
   using E = lane_t<V>;
-  const V r_prec = (x - m) * precision;
-  const V q = (x - m) * r_prec;  // (x - m)^2 / var
-  return {E(-0.5) * ((E(log_two_pi()) + s) + q), r_prec, E(0.5) * (q - E(1))};
+  const V z = (x - m) * inv_std;
+  const V q = z * z;  // (x - m)^2 / var
+  return {E(-0.5) * ((E(log_two_pi()) + s) + q), z * inv_std, E(0.5) * (q - E(1))};
 }
 
 /// One latent's KL divergence from the standard normal and its derivatives.
