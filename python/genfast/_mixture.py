@@ -46,6 +46,13 @@ INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 _PIECE_BYTES = 16 << 20
 
 
+def _one_hot(labels, n_components, dtype):
+    """(len(labels), n_components) responsibilities, 1 at each point's label (k-means init)."""
+    resp = np.zeros((len(labels), n_components), dtype=dtype)
+    resp[np.arange(len(labels)), labels] = 1
+    return resp
+
+
 # ============================================================================ validation helpers
 def _check_int(name, value, low):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -503,10 +510,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                         device="cuda" if place.torch and place.device.type == "cuda" else "cpu")
             labels = be.to_numpy(km.fit(X).labels_)
 
-            def piece(i0, i1):  # one-hot
-                resp = np.zeros((i1 - i0, K), dtype=dtype)
-                resp[np.arange(i1 - i0), labels[i0:i1]] = 1
-                return resp
+            def piece(i0, i1):
+                return _one_hot(labels[i0:i1], K, dtype)
         else:  # "random": uniform rows, normalised (the same stream, drawn a piece at a time)
             def piece(i0, i1):
                 resp = np.asarray(random_state.uniform(size=(i1 - i0, K)), dtype=dtype)

@@ -46,7 +46,7 @@ from ._estimator import restores_state_on_error
 from ._kmeans import KMeans as _SingleKMeans
 from ._kmeans import _HostArrays, _moved_centers
 from ._mixture import GaussianMixture as _SingleGaussianMixture
-from ._mixture import _Place, _check_int, _check_real
+from ._mixture import _one_hot, _Place, _check_int, _check_real
 from ._pooling import pooled_statistics
 
 __all__ = ["KMeans", "GaussianMixture"]
@@ -382,12 +382,6 @@ def _pool_moments(parts, covariance_type):
     moves to the pooled means sums / (N_k + d) (Chan et al.'s parallel variance), so the
     result is centred as the kernel's own scatter over all of those points."""
     return (sum(part[0] for part in parts), *pooled_statistics([part[1:] for part in parts], covariance_type))
-
-
-def _one_hot(labels, n_components, dtype):
-    resp = np.zeros((len(labels), n_components), dtype=dtype)
-    resp[np.arange(len(labels)), labels] = 1
-    return resp
 
 
 def _log_prob(X, weights, means, precisions_cholesky, covariance_type):
