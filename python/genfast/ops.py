@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from . import _backend as be
+from ._pooling import pooled_statistics
 
 __all__ = ["kmeans_assign", "kmeans_update", "kmeans_lloyd_step", "gmm_log_resp", "gmm_suff_stats",
            "gmm_em_step", "elbo"]
@@ -387,8 +388,6 @@ def _em_step_in_pieces(place, X2, weights, means, prec, cov, piece_bytes=_EM_PIE
     kernel), a piece of rows at a time so that the (N, K) log-responsibilities never exist at
     once; the pieces' statistics are pooled exactly in float64 on the host (genfast._pooling)
     and returned in X's dtype and placement."""
-    from ._pooling import pooled_statistics
-
     (N, _), K, dtype = X2.shape, means.shape[0], be.dtype_name(X2)
     rows = max(1, piece_bytes // (K * np.dtype(dtype).itemsize))
     log_prob = be.empty(place, (N,), dtype)
